@@ -1,0 +1,69 @@
+"""Entry point of the `elmforge` command.
+
+Each verb lives in its own module ``elmforge.cli.<module>`` exposing ``add_parser(subparsers)``
+(registers the verb and its flags) and ``run(args) -> int``. Verb modules only parse and call one
+library function, so tests can call the library directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from collections.abc import Sequence
+
+from elmforge.errors import ElmforgeError
+
+# verb -> module under elmforge.cli. Modules that are not there yet are skipped.
+VERB_MODULES: dict[str, str] = {
+    "demo": "demo",
+    "info": "info",
+    "generate": "generate",
+    "convert": "convert",
+    "data": "data",
+    "tokenizer": "tokenizer",
+    "pretrain": "pretrain",
+    "average": "average",
+    "evaluate": "evaluate",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="elmforge",
+        description="OpenELM models: define, pretrain, evaluate, fine-tune, run, convert.",
+    )
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    subparsers.required = True
+    for module_name in dict.fromkeys(VERB_MODULES.values()):
+        try:
+            module = importlib.import_module(f"elmforge.cli.{module_name}")
+        except ModuleNotFoundError as err:
+            if err.name == f"elmforge.cli.{module_name}":
+                continue
+            raise
+        module.add_parser(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except ElmforgeError as err:
+        # Expected failures (bad input, missing files) get one line, never a traceback.
+        print(f"elmforge {args.verb}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"elmforge {args.verb}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `elmforge ... | head` closes stdout early; that is not an error.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
