@@ -26,7 +26,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"layers": rows_as_dicts(config), "total_parameters": config.num_parameters_total()},
+                {
+                    "layers": rows_as_dicts(config),
+                    "total_parameters": config.num_parameters_total(),
+                },
                 indent=2,
             )
         )

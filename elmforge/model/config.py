@@ -46,18 +46,10 @@ _PAPER_SCALING: dict[str, Any] = {
     "num_gqa_groups": 4,
 }
 PRESETS: dict[str, dict[str, Any]] = {
-    "OpenELM-270M": dict(
-        num_transformer_layers=16, model_dim=1280, head_dim=64, **_PAPER_SCALING
-    ),
-    "OpenELM-450M": dict(
-        num_transformer_layers=20, model_dim=1536, head_dim=64, **_PAPER_SCALING
-    ),
-    "OpenELM-1_1B": dict(
-        num_transformer_layers=28, model_dim=2048, head_dim=64, **_PAPER_SCALING
-    ),
-    "OpenELM-3B": dict(
-        num_transformer_layers=36, model_dim=3072, head_dim=128, **_PAPER_SCALING
-    ),
+    "OpenELM-270M": dict(num_transformer_layers=16, model_dim=1280, head_dim=64, **_PAPER_SCALING),
+    "OpenELM-450M": dict(num_transformer_layers=20, model_dim=1536, head_dim=64, **_PAPER_SCALING),
+    "OpenELM-1_1B": dict(num_transformer_layers=28, model_dim=2048, head_dim=64, **_PAPER_SCALING),
+    "OpenELM-3B": dict(num_transformer_layers=36, model_dim=3072, head_dim=128, **_PAPER_SCALING),
     # A few million parameters: trains on a laptop CPU in minutes (vocab of the LLaMA-2 tokenizer).
     "OpenELM-tiny": dict(
         num_transformer_layers=4,
@@ -202,7 +194,9 @@ class OpenELMConfig(PretrainedConfig):
         if self.head_dim % 2:
             raise ConfigError(f"head_dim: must be even for rotary embeddings, got {self.head_dim}")
         if not self.rope_freq_constant or self.rope_freq_constant <= 0:
-            raise ConfigError(f"rope_freq_constant: must be positive, got {self.rope_freq_constant}")
+            raise ConfigError(
+                f"rope_freq_constant: must be positive, got {self.rope_freq_constant}"
+            )
         multipliers = self.qkv_multipliers
         values = [multipliers] if isinstance(multipliers, Number) else multipliers
         if any(not isinstance(v, Number) or v <= 0 for v in values):

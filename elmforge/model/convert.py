@@ -190,12 +190,10 @@ def load_pretrained(
         raise CheckpointError(f"{model_dir}: no model weights (*.safetensors)")
     _check_safetensors(model_dir)
     try:
-        model = OpenELMForCausalLM.from_pretrained(
-            model_dir, config=config, dtype=dtype or "auto", device_map=device
-        )
+        model = OpenELMForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype or "auto")
     except Exception as err:
         raise CheckpointError(f"{model_dir}: cannot load weights ({_first_line(err)})") from None
-    return model.eval()
+    return model.to(device).eval()
 
 
 def _check_safetensors(model_dir: Path) -> None:

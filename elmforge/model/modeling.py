@@ -60,7 +60,10 @@ class OpenELMRotaryEmbedding(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = 1.0 / (
             self.base
-            ** (torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device) / self.head_dim)
+            ** (
+                torch.arange(0, self.head_dim, 2, dtype=torch.float32, device=device)
+                / self.head_dim
+            )
         )
         positions = torch.arange(length, dtype=torch.float32, device=device)
         freqs = torch.outer(positions, inv_freq)  # (L, D/2)
@@ -73,7 +76,9 @@ class OpenELMRotaryEmbedding(nn.Module):
         """cos, sin for ``position_ids`` (B, S), each (B, S, 1, D) to broadcast over heads."""
         if max_position > self.cos.shape[0] and not torch.compiler.is_compiling():
             # Longer than rope_max_length: grow the tables once (Apple's code does the same).
-            cos, sin = self.compute_tables(max(max_position, 2 * self.cos.shape[0]), self.cos.device)
+            cos, sin = self.compute_tables(
+                max(max_position, 2 * self.cos.shape[0]), self.cos.device
+            )
             self.cos, self.sin = cos, sin
         return self.cos[position_ids].unsqueeze(2), self.sin[position_ids].unsqueeze(2)
 

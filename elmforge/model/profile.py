@@ -41,7 +41,9 @@ def resolve_config(name_or_dir: str | os.PathLike) -> OpenELMConfig:
 def layer_rows(config: OpenELMConfig) -> list[LayerRow]:
     ffn = config.ffn_dims()
     return [
-        LayerRow(i, config.num_query_heads[i], config.num_kv_heads[i], ffn[i], config.layer_parameters(i))
+        LayerRow(
+            i, config.num_query_heads[i], config.num_kv_heads[i], ffn[i], config.layer_parameters(i)
+        )
         for i in range(config.num_transformer_layers)
     ]
 
