@@ -32,6 +32,39 @@ from transformers.modeling_utils import PreTrainedModel
 from elmforge.model.config import OpenELMConfig
 
 
+class OpenELMLinear(nn.Linear):
+    """``nn.Linear`` (no bias) with a faster CPU path for decoding in float32.
+
+    Measured (``bench/forward.py``, 2 threads): for a handful of rows, PyTorch's CPU fp32 GEMV
+    runs on one thread and reaches about half the memory bandwidth; the same product as a batched
+    matmul over ``num_threads`` row blocks of the weight uses every thread, is 1.5-2x faster and
+    gives bit-identical results. Decoding is bound by reading the weights, so this is decode
+    speed. bf16 and GPU kernels are already good and keep ``F.linear``.
+    """
+
+    max_decode_rows = 8
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        rows = x.numel() // x.shape[-1]
+        blocks = torch.get_num_threads()
+        if (
+            rows <= self.max_decode_rows
+            and blocks > 1
+            and weight.dtype == torch.float32
+            and weight.device.type == "cpu"
+            and self.bias is None
+            and self.out_features % blocks == 0
+            and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+            and not torch.compiler.is_compiling()
+        ):
+            flat = x.reshape(1, rows, self.in_features).expand(blocks, rows, self.in_features)
+            per_block = weight.view(blocks, self.out_features // blocks, self.in_features)
+            out = torch.bmm(flat, per_block.transpose(1, 2))  # (blocks, rows, out/blocks)
+            return out.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+        return F.linear(x, weight, self.bias)
+
+
 class OpenELMRMSNorm(nn.Module):
     """RMSNorm with a weight and no bias, as one fused op."""
 
@@ -103,13 +136,15 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         self.num_kv_heads = config.num_kv_heads[layer_idx]
         d, hd = config.model_dim, config.head_dim
         # Rows: all query heads, then all key heads, then all value heads (Apple's layout).
-        self.qkv_proj = nn.Linear(d, (self.num_q_heads + 2 * self.num_kv_heads) * hd, bias=False)
+        self.qkv_proj = OpenELMLinear(
+            d, (self.num_q_heads + 2 * self.num_kv_heads) * hd, bias=False
+        )
         if config.normalize_qk_projections:
             self.q_norm = OpenELMRMSNorm(hd, config.rms_norm_eps)
             self.k_norm = OpenELMRMSNorm(hd, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
-        self.out_proj = nn.Linear(self.num_q_heads * hd, d, bias=False)
+        self.out_proj = OpenELMLinear(self.num_q_heads * hd, d, bias=False)
         self.out_proj.is_residual_projection = True  # CoreNet draws it with a smaller std
 
     def forward(
@@ -155,8 +190,8 @@ class OpenELMFeedForwardNetwork(nn.Module):
         self.intermediate_dim = config.ffn_dims()[layer_idx]
         self.with_glu = config.ffn_with_glu
         width = 2 * self.intermediate_dim if self.with_glu else self.intermediate_dim
-        self.proj_1 = nn.Linear(d, width, bias=False)
-        self.proj_2 = nn.Linear(self.intermediate_dim, d, bias=False)
+        self.proj_1 = OpenELMLinear(d, width, bias=False)
+        self.proj_2 = OpenELMLinear(self.intermediate_dim, d, bias=False)
         self.proj_2.is_residual_projection = True  # CoreNet draws it with a smaller std
         self.act = {"swish": F.silu, "silu": F.silu, "gelu": F.gelu, "relu": F.relu}[
             config.activation_fn_name
@@ -365,7 +400,7 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
     def __init__(self, config: OpenELMConfig) -> None:
         super().__init__(config)
         self.transformer = OpenELMModel(config)
-        self.lm_head = nn.Linear(config.model_dim, config.vocab_size, bias=False)
+        self.lm_head = OpenELMLinear(config.model_dim, config.vocab_size, bias=False)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:

@@ -147,3 +147,18 @@ def test_positions_beyond_the_rope_table_grow_it():
         logits = model(tokens).logits
     assert torch.isfinite(logits).all()
     assert model.transformer.rotary.cos.shape[0] >= 40
+
+
+def test_cpu_decode_linear_is_bit_identical_to_f_linear():
+    from elmforge.model.modeling import OpenELMLinear
+
+    layer = OpenELMLinear(64, 96, bias=False)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.no_grad():
+            for rows in (1, 3, 8):
+                x = torch.randn(1, rows, 64)
+                assert torch.equal(layer(x), F.linear(x, layer.weight))
+    finally:
+        torch.set_num_threads(threads)
