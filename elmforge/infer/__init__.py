@@ -1,0 +1,1 @@
+"""Running models: loading a model directory with its tokenizer, generation with streaming."""
