@@ -162,3 +162,15 @@ def test_cpu_decode_linear_is_bit_identical_to_f_linear():
                 assert torch.equal(layer(x), F.linear(x, layer.weight))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+def test_compiled_static_cache_decoding_matches_eager():
+    model = make_model()
+    prompt = torch.randint(0, model.config.vocab_size, (1, 6))
+    eager = model.generate(prompt, max_new_tokens=8, do_sample=False)
+    model.forward = torch.compile(model.forward, dynamic=False, fullgraph=True)
+    compiled = model.generate(
+        prompt, max_new_tokens=8, do_sample=False, cache_implementation="static"
+    )
+    assert torch.equal(compiled, eager)
