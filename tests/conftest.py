@@ -27,9 +27,14 @@ def require_shared(path: Path = SHARED_DATA) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def llama2_tokenizer_path() -> Path:
     return require_shared(LLAMA2_TOKENIZER)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    return require_shared(SHARED_DIR)
 
 
 @pytest.fixture(autouse=True)

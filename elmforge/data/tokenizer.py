@@ -1,0 +1,251 @@
+"""Tokenizers: the LLaMA-2 SentencePiece model as an exact fast tokenizer, and BPE training.
+
+OpenELM uses LLaMA-2's SentencePiece BPE model. transformers 5.x's own conversion of a
+``tokenizer.model`` ranks BPE merges by piece id instead of by SentencePiece score, so runs of
+spaces tokenise differently from ``sentencepiece`` (SPEC.md, "Known pitfall"). We therefore
+build the Rust ``tokenizers`` BPE from the model proto ourselves: every piece keeps its id,
+merges are ranked by the score of the piece they produce (SentencePiece merges the pair whose
+result scores highest), unknown characters fall back to bytes, and the normaliser/decoder
+reproduce SentencePiece's dummy prefix and ``▁`` whitespace.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
+from tokenizers.models import BPE
+from transformers import PreTrainedTokenizerFast
+
+from elmforge.errors import ElmforgeError
+
+SPIECE_UNDERLINE = "▁"
+LLAMA2_TOKENIZER_FILE = "llama2-tokenizer.model"
+# SentencePiece piece types (sentencepiece_model.proto): the ones that take part in merges.
+_NORMAL, _USER_DEFINED, _UNUSED, _BYTE = 1, 4, 5, 6
+
+
+def default_tokenizer_path() -> Path | None:
+    """The LLaMA-2 ``tokenizer.model`` under ``shared/data`` (or ``$ELMFORGE_SHARED``), if present."""
+    candidates = []
+    if os.environ.get("ELMFORGE_SHARED"):
+        candidates.append(Path(os.environ["ELMFORGE_SHARED"]) / "data" / LLAMA2_TOKENIZER_FILE)
+    candidates.append(
+        Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / LLAMA2_TOKENIZER_FILE
+    )
+    candidates.append(Path.cwd() / ".." / "shared" / "data" / LLAMA2_TOKENIZER_FILE)
+    for path in candidates:
+        if path.is_file():
+            return path.resolve()
+    return None
+
+
+def _read_sentencepiece_proto(path: Path):
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    try:
+        proto.ParseFromString(path.read_bytes())
+    except Exception as exc:  # DecodeError and friends: the file is not a SentencePiece model
+        raise ElmforgeError(f"{path}: not a SentencePiece model file ({exc})") from None
+    if not proto.pieces:
+        raise ElmforgeError(f"{path}: not a SentencePiece model file (no pieces)")
+    return proto
+
+
+def sentencepiece_to_fast(path: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """A fast tokenizer that encodes exactly like ``sentencepiece`` with the BPE model at ``path``."""
+    path = Path(path)
+    proto = _read_sentencepiece_proto(path)
+    if proto.trainer_spec.model_type != 2:  # 2 = BPE; unigram models need another algorithm
+        raise ElmforgeError(f"{path}: only SentencePiece BPE models are supported")
+    normalizer_spec = proto.normalizer_spec
+    if normalizer_spec.name not in ("identity", "") or normalizer_spec.remove_extra_whitespaces:
+        raise ElmforgeError(
+            f"{path}: SentencePiece normaliser {normalizer_spec.name!r} with "
+            f"remove_extra_whitespaces={normalizer_spec.remove_extra_whitespaces} is not supported"
+        )
+    vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
+    mergeable = {
+        piece.piece: piece.score
+        for piece in proto.pieces
+        if piece.type in (_NORMAL, _USER_DEFINED, _UNUSED) and len(piece.piece) > 1
+    }
+    merges: list[tuple[str, str, float]] = []
+    for piece, score in mergeable.items():
+        splits = [
+            (piece[:cut], piece[cut:])
+            for cut in range(1, len(piece))
+            if piece[:cut] in vocab and piece[cut:] in vocab
+        ]
+        splits.sort(key=lambda pair: (vocab[pair[0]], vocab[pair[1]]))
+        merges.extend((left, right, score) for left, right in splits)
+    # Highest score first; the sort is stable so equal scores keep the id order above.
+    merges.sort(key=lambda merge: -merge[2])
+
+    trainer = proto.trainer_spec
+    unk_piece = proto.pieces[trainer.unk_id].piece
+    model = BPE(
+        vocab=vocab,
+        merges=[(left, right) for left, right, _ in merges],
+        unk_token=unk_piece,
+        fuse_unk=True,
+        byte_fallback=trainer.byte_fallback,
+    )
+    backend = Tokenizer(model)
+    steps = [normalizers.Replace(" ", SPIECE_UNDERLINE)]
+    if normalizer_spec.add_dummy_prefix:
+        steps.insert(0, normalizers.Prepend(SPIECE_UNDERLINE))
+    backend.normalizer = normalizers.Sequence(steps)
+    decode_steps = [
+        decoders.Replace(SPIECE_UNDERLINE, " "),
+        decoders.ByteFallback(),
+        decoders.Fuse(),
+    ]
+    if normalizer_spec.add_dummy_prefix:
+        decode_steps.append(decoders.Strip(content=" ", left=1, right=0))
+    backend.decoder = decoders.Sequence(decode_steps)
+
+    special = {}
+    for key, index in (("unk_token", trainer.unk_id), ("bos_token", trainer.bos_id)):
+        if index >= 0:
+            special[key] = proto.pieces[index].piece
+    if trainer.eos_id >= 0:
+        special["eos_token"] = proto.pieces[trainer.eos_id].piece
+    if trainer.pad_id >= 0:
+        special["pad_token"] = proto.pieces[trainer.pad_id].piece
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        add_bos_token=trainer.bos_id >= 0,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(1e30),
+        **special,
+    )
+
+
+def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerFast:
+    """Load a tokenizer from a ``tokenizer.model`` file, a tokenizer directory or a hub name.
+
+    A directory with ``tokenizer.json`` (Hugging Face format, e.g. one we saved) is loaded as is;
+    one with only a ``tokenizer.model`` is converted exactly (see the module docstring). A name
+    that is not a local path is fetched from the Hugging Face hub, which fails clearly offline.
+    """
+    path = Path(spec).expanduser()
+    if path.is_file():
+        if path.name == "tokenizer.json":
+            return _load_tokenizer_dir(path.parent)
+        return sentencepiece_to_fast(path)
+    if path.is_dir():
+        if (path / "tokenizer.json").is_file():
+            return _load_tokenizer_dir(path)
+        if (path / "tokenizer.model").is_file():
+            return sentencepiece_to_fast(path / "tokenizer.model")
+        raise ElmforgeError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
+    text = str(spec)
+    if (
+        text.startswith((".", "/", "~"))
+        or text.endswith((".model", ".json"))
+        or text.count("/") > 1
+    ):
+        raise ElmforgeError(f"{spec}: no such tokenizer file or directory")
+    return _load_tokenizer_from_hub(text)
+
+
+def _load_tokenizer_dir(directory: Path) -> PreTrainedTokenizerFast:
+    try:
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory))
+    except Exception as exc:
+        raise ElmforgeError(
+            f"{directory / 'tokenizer.json'}: cannot load tokenizer ({exc})"
+        ) from None
+    # transformers does not save ``add_bos_token`` (the post-processor carries it); restore the
+    # flag so code that reads it (lm-eval, our data pipeline) sees what the encoding does.
+    if tokenizer.bos_token_id is not None:
+        probe = tokenizer("a").input_ids
+        if probe and probe[0] == tokenizer.bos_token_id:
+            tokenizer._add_bos_token = True
+    return tokenizer
+
+
+def _load_tokenizer_from_hub(name: str) -> PreTrainedTokenizerFast:
+    from huggingface_hub import hf_hub_download
+
+    for filename in ("tokenizer.model", "tokenizer.json"):
+        try:
+            local = hf_hub_download(name, filename)
+        except Exception as exc:
+            last_error = exc
+            continue
+        return load_tokenizer(local)
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    hint = " (HF_HUB_OFFLINE is set)" if offline else ""
+    raise ElmforgeError(
+        f"tokenizer {name}: not a local path and not downloadable from the Hugging Face hub"
+        f"{hint}: {type(last_error).__name__}; pass a local tokenizer.model or directory"
+    )
+
+
+SPECIAL_TOKENS = {
+    "unk_token": "<unk>",
+    "bos_token": "<s>",
+    "eos_token": "</s>",
+    "pad_token": "<pad>",
+}
+
+
+def train_bpe_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int,
+    out_dir: str | os.PathLike | None = None,
+    min_frequency: int = 2,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE tokenizer (GPT-2 style, no unknown tokens) on ``texts``.
+
+    Special tokens get the LLaMA ids (unk 0, bos 1, eos 2) plus pad 3, and the bos token is
+    added to every encoding like LLaMA-2's, so models and data code treat both alike.
+    Saved in the Hugging Face format to ``out_dir`` when given.
+    """
+    from tokenizers import trainers
+
+    if vocab_size < 260:
+        raise ElmforgeError(f"vocab_size {vocab_size}: must be at least 260 (256 bytes + specials)")
+    backend = Tokenizer(BPE())
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS.values()),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        add_bos_token=True,
+        add_eos_token=False,
+        clean_up_tokenization_spaces=False,
+        model_max_length=int(1e30),
+        **SPECIAL_TOKENS,
+    )
+    if out_dir is not None:
+        save_tokenizer_atomic(tokenizer, out_dir)
+    return tokenizer
+
+
+def save_tokenizer_atomic(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
+    """``save_pretrained`` into a temporary sibling directory, then move the files into place."""
+    import shutil
+    import tempfile
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tokenizer-tmp-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        for item in Path(tmp).iterdir():
+            os.replace(item, out_dir / item.name) if item.is_file() else shutil.move(item, out_dir)
+    return out_dir

@@ -1,0 +1,114 @@
+"""Tokenizers: LLaMA-2 exactly like sentencepiece; BPE training; save/load; bad input."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from elmforge.data.tokenizer import load_tokenizer, train_bpe_tokenizer
+from elmforge.errors import ElmforgeError
+
+VARIED = [
+    "with  bobby",
+    "Hello world",
+    "  two leading spaces",
+    " one leading space",
+    "trailing  ",
+    "tabs\tand\nnewlines\n\n\nthree",
+    "\t\tindented\n    code = 1",
+    "12345 678.9 0x1F -42 3,141,592",
+    "naïve café Übergrößenträger",
+    "日本語のテキスト and 中文",
+    "emoji 🤖🚀 and ZWJ 👩‍💻",
+    "a   b    c     d",
+    " ",
+    "",
+    "\u00a0non-breaking\u2009thin",
+    "<html><body>tags & entities &amp;</body></html>",
+    "def f(x):\n    return x ** 2  # squared\n",
+    "Ω≈ç√∫˜µ≤≥÷",
+    "CAPS lower MiXeD",
+    "unknown char \U0001f9ff and control \x07 byte",
+]
+
+
+def _random_strings(n: int, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    alphabet = [*"abcdefghij XYZ  \t\n0123456789.,;!?'\"-éü中🤖", "  ", "\n\n", "   "]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def llama2(llama2_tokenizer_path):
+    import sentencepiece
+
+    return (
+        load_tokenizer(llama2_tokenizer_path),
+        sentencepiece.SentencePieceProcessor(model_file=str(llama2_tokenizer_path)),
+    )
+
+
+def test_llama2_matches_sentencepiece_on_varied_strings(llama2):
+    fast, reference = llama2
+    strings = VARIED + _random_strings(300)
+    for text in strings:
+        expected = reference.encode(text)
+        assert fast(text, add_special_tokens=False).input_ids == expected, repr(text)
+        assert fast.decode(expected) == reference.decode(expected), repr(text)
+
+
+def test_llama2_matches_sentencepiece_on_piqa(llama2, shared_dir):
+    path = shared_dir / "data" / "eval" / "piqa" / "validation.jsonl"
+    if not path.is_file():
+        pytest.skip(f"{path} not present")
+    fast, reference = llama2
+    texts = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line)
+        texts += [row["goal"], row["sol1"], row["sol2"], f"{row['goal']} {row['sol1']}"]
+    encoded = fast(texts, add_special_tokens=False).input_ids  # batch: the Rust fast path
+    mismatches = [t for t, ids in zip(texts, encoded) if ids != reference.encode(t)]
+    assert len(texts) > 7000
+    assert not mismatches, mismatches[:3]
+
+
+def test_llama2_special_tokens_and_save_load(llama2, tmp_path):
+    fast, _ = llama2
+    assert (fast.unk_token_id, fast.bos_token_id, fast.eos_token_id) == (0, 1, 2)
+    assert fast("x").input_ids[0] == 1 and fast("x").input_ids[-1] != 2
+    fast.save_pretrained(tmp_path)
+    again = load_tokenizer(tmp_path)
+    assert again.add_bos_token
+    for text in VARIED:
+        assert again(text).input_ids == fast(text).input_ids
+    assert len(again) == 32000
+
+
+def test_train_bpe_roundtrip(tmp_path):
+    texts = [f"The quick brown fox {i} jumps over the lazy dog. café 🤖\n" * 3 for i in range(200)]
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=400, out_dir=tmp_path / "tok")
+    assert (tmp_path / "tok" / "tokenizer.json").is_file()
+    assert (tokenizer.unk_token_id, tokenizer.bos_token_id, tokenizer.eos_token_id) == (0, 1, 2)
+    assert tokenizer.pad_token_id == 3
+    loaded = load_tokenizer(tmp_path / "tok")
+    for text in [*VARIED, texts[0]]:
+        ids = loaded(text).input_ids
+        assert ids == tokenizer(text).input_ids
+        assert ids[0] == 1
+        assert loaded.decode(ids, skip_special_tokens=True) == text  # byte-level: lossless
+    assert len(tokenizer("quick brown fox jumps").input_ids) < len("quick brown fox jumps") / 2
+
+
+def test_bad_tokenizer_inputs(tmp_path):
+    with pytest.raises(ElmforgeError, match="no such tokenizer"):
+        load_tokenizer(tmp_path / "missing.model")
+    with pytest.raises(ElmforgeError, match="no tokenizer.json or tokenizer.model"):
+        load_tokenizer(tmp_path)
+    bogus = tmp_path / "tokenizer.model"
+    bogus.write_bytes(b"\x00\x01garbage" * 10)
+    with pytest.raises(ElmforgeError, match="not a SentencePiece model"):
+        load_tokenizer(bogus)
+    with pytest.raises(ElmforgeError, match="at least 260"):
+        train_bpe_tokenizer(["a"], vocab_size=10)
