@@ -1,0 +1,68 @@
+"""`elmforge generate`: a real model dir with its own tokenizer, streamed, deterministic greedy."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge.cli.main import main
+from elmforge.data.tokenizer import train_bpe_tokenizer
+from elmforge.infer.generate import SamplingOptions, generate_text, load_model_and_tokenizer
+
+CORPUS = [f"def function_{i}(x):\n    return x + {i}\n" for i in range(300)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("model")
+    tokenizer = train_bpe_tokenizer(CORPUS, vocab_size=320, out_dir=directory)
+    torch.manual_seed(0)
+    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=len(tokenizer))
+    OpenELMForCausalLM(config).save_pretrained(directory)
+    return directory
+
+
+def test_generate_text_greedy_matches_manual_argmax(model_dir):
+    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="fp32")
+    model.generation_config.eos_token_id = None
+    pieces: list[str] = []
+    options = SamplingOptions(max_new_tokens=12, greedy=True)
+    text = generate_text(model, tokenizer, "def function_", options, on_text=pieces.append)
+    assert "".join(pieces) == text
+    ids = tokenizer("def function_", return_tensors="pt").input_ids
+    with torch.no_grad():
+        for _ in range(12):
+            next_id = model(ids).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, next_id], dim=1)
+    prompt_len = len(tokenizer("def function_").input_ids)
+    assert text == tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True)
+
+
+def test_generate_cli_subprocess_streams_and_is_seeded(model_dir):
+    command = [sys.executable, "-m", "elmforge.cli.main", "generate", str(model_dir)]
+    command += ["--prompt", "def function_", "--max-new-tokens", "8", "--seed", "3"]
+    env = {**os.environ, "CI": "true"}
+    first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("def function_")
+    assert first.stdout == second.stdout
+
+
+def test_generate_cli_errors(model_dir, tmp_path, capsys):
+    assert main(["generate", str(tmp_path / "nope"), "--prompt", "x"]) == 2
+    assert "nope" in capsys.readouterr().err
+    bare = tmp_path / "bare"
+    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(bare)
+    capsys.readouterr()
+    assert main(["generate", str(bare), "--prompt", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no tokenizer" in err and "--tokenizer" in err and len(err.splitlines()) == 1
+    assert main(["generate", str(model_dir), "--prompt", "x", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens" in capsys.readouterr().err
