@@ -28,6 +28,7 @@ from naive_openelm import NaiveOpenELM
 
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.model.config import PRESETS
+from elmforge.model.modeling import CACHE_FIELD
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -57,9 +58,9 @@ def prefill_elmforge(model, prompt):
 @torch.no_grad()
 def decode_elmforge(model, prompt, steps):
     out = model(prompt, use_cache=True, logits_to_keep=1)
-    cache, token = out.past_key_values, out.logits[:, -1:].argmax(-1)
+    cache, token = getattr(out, CACHE_FIELD), out.logits[:, -1:].argmax(-1)
     for _ in range(steps):
-        out = model(token, past_key_values=cache, use_cache=True)
+        out = model(token, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
     return token
 

@@ -31,6 +31,13 @@ from transformers.modeling_utils import PreTrainedModel
 
 from elmforge.model.config import OpenELMConfig
 
+# transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache``
+# (the old name lingers with a deprecation warning). The model takes either name and returns its
+# cache under the field the installed transformers defines, so every 5.x ``generate()`` finds it.
+CACHE_FIELD = (
+    "cache" if "cache" in BaseModelOutputWithPast.__dataclass_fields__ else "past_key_values"
+)
+
 
 class OpenELMLinear(nn.Linear):
     """``nn.Linear`` (no bias) with a faster CPU path for decoding in float32.
@@ -341,13 +348,15 @@ class OpenELMModel(OpenELMPreTrainedModel):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Any,
     ) -> BaseModelOutputWithPast:
+        past_key_values = cache if cache is not None else past_key_values
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
@@ -388,8 +397,8 @@ class OpenELMModel(OpenELMPreTrainedModel):
             all_hidden_states.append(hidden_states)
         return BaseModelOutputWithPast(
             last_hidden_state=hidden_states,
-            past_key_values=past_key_values,
             hidden_states=tuple(all_hidden_states) if all_hidden_states is not None else None,
+            **{CACHE_FIELD: past_key_values},
         )
 
 
@@ -421,13 +430,14 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: Cache | None = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """``labels`` (B, S) give the shifted mean cross-entropy, ignoring -100.
@@ -438,7 +448,7 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            past_key_values=past_key_values,
+            cache=cache if cache is not None else past_key_values,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
@@ -458,8 +468,8 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
+            **{CACHE_FIELD: getattr(outputs, CACHE_FIELD)},
         )
 
 
