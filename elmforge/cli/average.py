@@ -1,0 +1,42 @@
+"""`elmforge average CKPT... --out DIR` / `--last N RUN_DIR`: average checkpoints' weights."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from elmforge.errors import ConfigError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "average",
+        help="average the weights of several checkpoints (the paper's final models)",
+        description="Write the element-wise mean of several checkpoints' weights as an HF-layout "
+        "model directory. Give model or checkpoint directories, or --last N and one run "
+        "directory to average its N newest intact checkpoints.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoints, or one run directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
+    p.add_argument(
+        "--last", type=int, metavar="N", help="average the N newest checkpoints of RUN_DIR"
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from elmforge.train.checkpoint import average_checkpoints, latest_checkpoints
+
+    if args.last is not None:
+        if len(args.paths) != 1:
+            raise ConfigError("--last N takes exactly one run directory")
+        if args.last < 1:
+            raise ConfigError(f"--last: must be at least 1, got {args.last}")
+        paths = latest_checkpoints(Path(args.paths[0]), args.last)
+    else:
+        paths = [Path(p) for p in args.paths]
+    out = average_checkpoints(paths, Path(args.out))
+    print(f"averaged {len(paths)} checkpoints into {out}:")
+    for path in paths:
+        print(f"  {path}")
+    return 0

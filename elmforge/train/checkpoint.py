@@ -1,0 +1,379 @@
+"""Checkpoints of a run: atomic writes, integrity manifests, auto-resume, retention, averaging.
+
+A run directory holds ``checkpoints/step-NNNNNNNN/``, each with
+
+- ``model/``: the model in HF layout (``config.json``, ``model.safetensors``, tokenizer files),
+  loadable by ``AutoModelForCausalLM.from_pretrained`` after ``import elmforge``;
+- ``optimizer.pt``: the full (unsharded, world-size independent) AdamW state keyed by parameter
+  name, from ``torch.distributed.checkpoint.state_dict``;
+- ``rng.pt``: every rank's torch / CUDA / numpy / python RNG states;
+- ``trainer_state.json``: step, every rank's data-loader state, counters;
+- ``manifest.json``: size and sha256 of every file above, written last.
+
+A checkpoint is written into a temporary sibling directory and renamed into place, so a run killed
+at any moment (SIGKILL included) leaves either the whole checkpoint or none. Resumption verifies
+the manifest and falls back to the previous intact checkpoint with a message naming the problem.
+Loading never unpickles arbitrary objects (``torch.load(weights_only=True)``, safetensors).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from elmforge.errors import CheckpointError
+
+CHECKPOINTS_DIR = "checkpoints"
+MODEL_DIR = "model"
+MANIFEST = "manifest.json"
+TRAINER_STATE = "trainer_state.json"
+OPTIMIZER_STATE = "optimizer.pt"
+RNG_STATE = "rng.pt"
+_STEP_DIR = re.compile(r"^step-(\d{8,})$")
+# Files of an HF model directory that are not weights or config: the tokenizer.
+_MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors"}
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:08d}"
+
+
+# -- atomic directories --------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``final``; on success rename it to ``final`` (replacing it)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        _fsync_tree(tmp)
+        if final.exists():
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(final)
+        _fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in root.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as handle:
+                os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def clean_stale_temporaries(run_dir: Path) -> None:
+    """Remove half-written checkpoints left by a killed run (never complete ones)."""
+    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
+    if ckpt_root.is_dir():
+        for path in ckpt_root.iterdir():
+            if path.name.startswith(".step-") and (".tmp-" in path.name or ".old-" in path.name):
+                shutil.rmtree(path, ignore_errors=True)
+
+
+# -- manifests -------------------------------------------------------------------------------------
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, extra: dict[str, Any] | None = None) -> None:
+    files = {
+        str(p.relative_to(directory)): {"size": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    manifest = {"format": "elmforge-checkpoint-1", **(extra or {}), "files": files}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def verify_checkpoint(directory: Path) -> None:
+    """Raise CheckpointError naming the first missing, truncated or altered file."""
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise CheckpointError(f"{directory}: no {MANIFEST} (incomplete checkpoint)")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        files = manifest["files"]
+    except (ValueError, KeyError, TypeError):
+        raise CheckpointError(f"{manifest_path}: unreadable manifest") from None
+    for required in (TRAINER_STATE, OPTIMIZER_STATE, RNG_STATE, f"{MODEL_DIR}/model.safetensors"):
+        if required not in files:
+            raise CheckpointError(f"{directory}: manifest lists no {required}")
+    for name, entry in files.items():
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        size = path.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(f"{path}: {size} bytes, the manifest says {entry['size']}")
+        if sha256_file(path) != entry["sha256"]:
+            raise CheckpointError(f"{path}: sha256 differs from the manifest (corrupt)")
+
+
+# -- finding checkpoints -------------------------------------------------------------------------------
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Step directories of a run, oldest first (no verification)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: Path) -> int:
+    match = _STEP_DIR.match(Path(path).name)
+    if match is None:
+        raise CheckpointError(f"{path}: not a checkpoint directory (expected step-NNNNNNNN)")
+    return int(match.group(1))
+
+
+def find_resume_checkpoint(run_dir: Path, report: Callable[[str], None] = print) -> Path | None:
+    """The newest intact checkpoint; corrupt ones are reported and skipped."""
+    candidates = list(reversed(list_checkpoints(run_dir)))
+    for i, path in enumerate(candidates):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            following = candidates[i + 1].name if i + 1 < len(candidates) else None
+            fallback = f"falling back to {following}" if following else "no earlier checkpoint"
+            report(f"checkpoint {path.name} is unusable ({err}); {fallback}")
+            continue
+        return path
+    return None
+
+
+def latest_checkpoints(run_dir: Path, count: int) -> list[Path]:
+    """The ``count`` newest intact checkpoints' model directories, oldest first."""
+    good = []
+    for path in reversed(list_checkpoints(run_dir)):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError:
+            continue
+        good.append(path / MODEL_DIR)
+        if len(good) == count:
+            break
+    if not good:
+        raise CheckpointError(f"{run_dir}: no intact checkpoints under {CHECKPOINTS_DIR}/")
+    return list(reversed(good))
+
+
+def apply_retention(run_dir: Path, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` newest checkpoints (0 keeps all)."""
+    if keep_last <= 0:
+        return
+    for path in list_checkpoints(run_dir)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- RNG states ------------------------------------------------------------------------------------------
+def capture_rng_state() -> dict[str, Any]:
+    """torch, CUDA, numpy and python RNG states as tensors/tuples (safe for weights_only)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# -- save / load ------------------------------------------------------------------------------------------
+def save_model_dir(
+    model_config: Any,
+    model_state: dict[str, torch.Tensor],
+    directory: Path,
+    tokenizer: Any = None,
+) -> None:
+    """Write an HF-layout model directory (not atomic: callers write into a temporary dir)."""
+    from transformers.initialization import no_init_weights
+
+    from elmforge.model.convert import load_model_state
+    from elmforge.model.modeling import OpenELMForCausalLM
+
+    with no_init_weights():  # every tensor is about to be overwritten
+        model = OpenELMForCausalLM(model_config)
+    state = dict(model_state)
+    if model_config.share_input_output_layers:
+        state.pop("lm_head.weight", None)
+    dtype = next(iter(state.values())).dtype
+    model = model.to(dtype)
+    load_model_state(model, state, str(directory))
+    model.config.dtype = dtype
+    with _quiet_transformers():
+        model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """No "Writing model shards" bar in the middle of the training log."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model_config: Any,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    rng_states: Sequence[dict[str, Any]],
+    trainer_state: dict[str, Any],
+    tokenizer: Any = None,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNNNN`` atomically, with its manifest (rank 0 only)."""
+    final = Path(run_dir) / CHECKPOINTS_DIR / step_dir_name(step)
+    with atomic_directory(final) as tmp:
+        save_model_dir(model_config, model_state, tmp / MODEL_DIR, tokenizer)
+        torch.save(optimizer_state, tmp / OPTIMIZER_STATE)
+        torch.save(list(rng_states), tmp / RNG_STATE)
+        (tmp / TRAINER_STATE).write_text(
+            json.dumps({"step": step, **trainer_state}, indent=1), encoding="utf-8"
+        )
+        write_manifest(tmp, {"step": step})
+    return final
+
+
+def load_checkpoint(directory: Path) -> dict[str, Any]:
+    """``{"model", "optimizer", "rng", "trainer"}`` of a verified checkpoint directory."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    try:
+        model_state = load_file(directory / MODEL_DIR / "model.safetensors")
+        optimizer_state = torch.load(directory / OPTIMIZER_STATE, weights_only=True)
+        rng_states = torch.load(directory / RNG_STATE, weights_only=True)
+        trainer_state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+    except (OSError, RuntimeError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{directory}: cannot load ({first})") from None
+    return {
+        "model": model_state,
+        "optimizer": optimizer_state,
+        "rng": rng_states,
+        "trainer": trainer_state,
+    }
+
+
+# -- averaging -------------------------------------------------------------------------------------------------
+def _model_dir_of(path: Path) -> Path:
+    path = Path(path)
+    if (path / "config.json").is_file():
+        return path
+    if (path / MODEL_DIR / "config.json").is_file():
+        return path / MODEL_DIR
+    raise CheckpointError(f"{path}: neither a model directory nor a checkpoint (no config.json)")
+
+
+def average_checkpoints(paths: list[Path], out_dir: Path) -> Path:
+    """The paper's checkpoint averaging: the element-wise mean of several checkpoints' weights.
+
+    ``paths`` are HF model directories or ``step-N`` checkpoint directories of one run (same
+    shapes). The mean is taken in float64 and stored in the checkpoints' dtype; config and
+    tokenizer come from the last path. Written atomically to ``out_dir`` (HF layout).
+    """
+    from safetensors import safe_open
+
+    from elmforge.model.config import OpenELMConfig
+
+    if not paths:
+        raise CheckpointError("average: no checkpoints given")
+    model_dirs = [_model_dir_of(p) for p in paths]
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for model_dir in model_dirs:
+        weights = model_dir / "model.safetensors"
+        if not weights.is_file():
+            raise CheckpointError(f"{model_dir}: no model.safetensors")
+        try:
+            with safe_open(weights, "pt") as handle:
+                keys = set(handle.keys())
+                if total and keys != set(total):
+                    raise CheckpointError(
+                        f"{weights}: tensor names differ from {model_dirs[0] / 'model.safetensors'}"
+                    )
+                for key in keys:
+                    tensor = handle.get_tensor(key)
+                    if key in total and tensor.shape != total[key].shape:
+                        raise CheckpointError(
+                            f"{weights}: {key} has shape {tuple(tensor.shape)}, expected "
+                            f"{tuple(total[key].shape)}"
+                        )
+                    dtypes[key] = tensor.dtype
+                    total[key] = total[key] + tensor.double() if key in total else tensor.double()
+        except CheckpointError:
+            raise
+        except Exception as err:
+            raise CheckpointError(f"{weights}: corrupt or truncated ({err})") from None
+    averaged = {k: (v / len(model_dirs)).to(dtypes[k]) for k, v in total.items()}
+    last = model_dirs[-1]
+    config = OpenELMConfig.from_pretrained(last)
+    with atomic_directory(Path(out_dir)) as tmp:
+        save_model_dir(config, averaged, tmp)
+        for extra in sorted(last.iterdir()):
+            if extra.is_file() and extra.name not in _MODEL_FILES:
+                shutil.copy2(extra, tmp / extra.name)
+        sources = [str(p) for p in model_dirs]
+        (tmp / "averaged_from.json").write_text(json.dumps(sources, indent=1), encoding="utf-8")
+    return Path(out_dir)

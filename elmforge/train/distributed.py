@@ -1,0 +1,151 @@
+"""Process groups and FSDP2 sharding, through PyTorch's own engine.
+
+``torchrun`` (or any launcher that sets ``RANK``/``WORLD_SIZE``/``MASTER_ADDR``) starts the
+processes; we join the group (NCCL on GPUs, gloo on CPU) and shard the model with FSDP2's
+``fully_shard``, one unit per decoder layer plus the root (embedding, final norm, tied head).
+Full (unsharded) state dicts for checkpoints come from ``torch.distributed.checkpoint``'s helpers,
+so a checkpoint written by N processes loads in M.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str = "auto") -> DistEnv:
+    """Join the process group when launched by torchrun; a single process otherwise."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        from elmforge.errors import ConfigError
+
+        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dev = torch.device("cuda", local_rank)
+    else:
+        dev = torch.device("cpu")
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            timeout=timedelta(minutes=30),
+            device_id=dev if use_cuda else None,
+        )
+    return DistEnv(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
+
+
+def shutdown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard_model(model: nn.Module, layers: nn.ModuleList, env: DistEnv) -> nn.Module:
+    """FSDP2: each decoder layer its own unit, then the root (keeps the tied weight together)."""
+    if not env.is_distributed:
+        return model
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in layers:
+        fully_shard(layer)
+    fully_shard(model)
+    return model
+
+
+def set_gradient_sync(model: nn.Module, enabled: bool) -> None:
+    """Skip FSDP2's reduce-scatter on all but the last micro-batch of an accumulation."""
+    setter = getattr(model, "set_requires_gradient_sync", None)
+    if setter is not None:
+        setter(enabled)
+
+
+def all_reduce_sum(value: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    if env.is_distributed:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+    return value
+
+
+def all_gather_objects(obj: Any, env: DistEnv) -> list[Any]:
+    """Every rank's ``obj`` (picklable, small), in rank order."""
+    if not env.is_distributed:
+        return [obj]
+    gathered: list[Any] = [None] * env.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier(env: DistEnv) -> None:
+    if env.is_distributed:
+        dist.barrier()
+
+
+def broadcast_object(obj: Any, env: DistEnv) -> Any:
+    """Rank 0's ``obj`` on every rank."""
+    if not env.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+_FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The unsharded model state on CPU (rank 0 only under FSDP; a collective call)."""
+    return get_model_state_dict(model, options=_FULL)
+
+
+def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """The unsharded optimizer state keyed by parameter name (rank 0 only; collective)."""
+    return get_optimizer_state_dict(model, optimizer, options=_FULL)
+
+
+def load_full_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    model_state: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any] | None,
+) -> None:
+    """Load full state dicts (every rank passes the same full dicts) into a possibly sharded model."""
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_model_state_dict(model, model_state, options=options)
+    if optimizer is not None and optimizer_state is not None:
+        set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
+
+
+def to_local_scalar(value: torch.Tensor) -> torch.Tensor:
+    """A DTensor (FSDP2's grad norm) as a plain replicated tensor."""
+    full = getattr(value, "full_tensor", None)
+    return full() if full is not None else value

@@ -1,0 +1,202 @@
+"""What a person watches during a run: metrics.jsonl, TensorBoard, loss.png, a progress display.
+
+``metrics.jsonl`` holds one JSON object per logged step (``step, loss, z_loss, lr, grad_norm,
+tokens, tokens_per_s, mfu, elapsed_s, eta_s, skipped_steps`` and, at validation steps,
+``val_loss`` and ``val_ppl``); a fresh run first writes a ``step: 0`` line with the initial
+model's ``val_loss`` (no training fields), the baseline the curve is read against. On resume, lines past the resumed step are dropped so the file always describes one
+consistent run. The progress display is a tqdm bar in a terminal and plain lines in CI (``CI`` set)
+or when stderr is not a TTY.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from elmforge.train.checkpoint import atomic_write_text
+
+METRICS_FILE = "metrics.jsonl"
+PLOT_FILE = "loss.png"
+TENSORBOARD_DIR = "tb"
+
+
+def use_progress_bar(mode: str) -> bool:
+    if mode == "bar":
+        return True
+    if mode in ("plain", "none"):
+        return False
+    ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+    return not ci and sys.stderr.isatty()
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:  # a line cut short by a kill
+            break
+    return records
+
+
+class RunLogger:
+    """Rank 0's sinks; other ranks get one with every sink disabled (``enabled=False``)."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        start_step: int,
+        max_steps: int,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        plot: bool = True,
+        progress: str = "auto",
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.plot_enabled = plot and enabled
+        self.records: list[dict[str, Any]] = []
+        self.writer = None
+        self.bar = None
+        self.plain = progress != "none"
+        if not enabled:
+            return
+        self.records = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= start_step]
+        # Rewrite the file with only the lines up to the resumed step (atomically).
+        atomic_write_text(
+            self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.records)
+        )
+        self.metrics_file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step drops events a killed run wrote past the checkpoint we resume from.
+            self.writer = SummaryWriter(
+                str(self.run_dir / TENSORBOARD_DIR),
+                purge_step=start_step + 1 if start_step else None,
+            )
+        if use_progress_bar(progress):
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=start_step, unit="step", dynamic_ncols=True)
+            self.plain = False
+
+    def info(self, message: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def advance(self, steps: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {k: _clean(v) for k, v in record.items()}
+        self.records.append(record)
+        self.metrics_file.write(json.dumps(record) + "\n")
+        self.metrics_file.flush()
+        step = record["step"]
+        if self.writer is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                    self.writer.add_scalar(_tb_name(key), value, step)
+            self.writer.flush()
+        if self.bar is not None:
+            postfix = {"loss": f"{record.get('loss', float('nan')):.4f}"}
+            if record.get("val_loss") is not None:
+                postfix["val"] = f"{record['val_loss']:.4f}"
+            postfix["lr"] = f"{record.get('lr', 0):.2e}"
+            postfix["tok/s"] = f"{record.get('tokens_per_s', 0):,.0f}"
+            self.bar.set_postfix(postfix, refresh=True)
+        elif self.plain:
+            print(format_plain(record), flush=True)
+        if self.plot_enabled:
+            plot_losses(self.records, self.run_dir / PLOT_FILE)
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self.plot_enabled and self.records:
+            plot_losses(self.records, self.run_dir / PLOT_FILE)
+        self.metrics_file.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else value
+    return value
+
+
+def _tb_name(key: str) -> str:
+    if key in ("loss", "z_loss", "val_loss", "val_ppl"):
+        return f"loss/{key}"
+    return f"train/{key}"
+
+
+def format_plain(record: dict[str, Any]) -> str:
+    parts = [f"step {record['step']}"]
+    for key, fmt in (
+        ("loss", "{:.4f}"),
+        ("val_loss", "{:.4f}"),
+        ("z_loss", "{:.3g}"),
+        ("lr", "{:.3e}"),
+        ("grad_norm", "{:.3f}"),
+        ("tokens_per_s", "{:,.0f}"),
+        ("mfu", "{:.2%}"),
+        ("elapsed_s", "{:.0f}"),
+        ("eta_s", "{:.0f}"),
+    ):
+        value = record.get(key)
+        if isinstance(value, (int, float)):
+            parts.append(f"{key} " + fmt.format(value))
+    if record.get("skipped_steps"):
+        parts.append(f"skipped {record['skipped_steps']}")
+    return " | ".join(parts)
+
+
+def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
+    """Training loss (and validation loss) against step, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
+    val = [
+        (r["step"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), (int, float))
+    ]
+    if not train and not val:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", linewidth=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", linewidth=1.5, markersize=4)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(Path(path).parent.name)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
