@@ -1,0 +1,117 @@
+"""`elmforge evaluate`: score a checkpoint on the paper's suites, or perplexity, or compare runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from elmforge.errors import ElmforgeError
+
+EPILOG = """examples:
+  elmforge evaluate runs/tiny/final --suite zero-shot --limit 50
+  elmforge evaluate apple/OpenELM-270M --tokenizer llama2-tokenizer.model --suite openllm
+  elmforge evaluate MODEL --tasks arc_easy,piqa --data-dir ../shared/data/eval --out runs/eval/x
+  elmforge evaluate MODEL --perplexity builtin:python-docs --split validation
+  elmforge evaluate --compare runs/eval/a/results.json runs/eval/b/results.json
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from elmforge.evaluate.harness import SUITES
+
+    p = subparsers.add_parser(
+        "evaluate",
+        help="score a model on lm-evaluation-harness suites, perplexity; compare results",
+        description=(
+            "Score a model directory (HF layout) or hub name with EleutherAI's "
+            "lm-evaluation-harness (bos token added, as Apple did), and/or its perplexity on a "
+            "data source. Writes OUT/results.json and OUT/results.md."
+        ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("model", nargs="?", help="model directory (HF layout) or hub name")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--suite", choices=list(SUITES), help="the paper's task suite")
+    what.add_argument("--tasks", help="comma-separated lm-eval task or group names")
+    p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task")
+    p.add_argument(
+        "--limit",
+        type=int,
+        help="score only the first N documents of each task (and of --perplexity)",
+    )
+    p.add_argument("--batch-size", type=int, default=1, help="sequences per forward pass")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="weights dtype (auto: float32 on CPU, bfloat16 otherwise)",
+    )
+    p.add_argument(
+        "--tokenizer",
+        help="tokenizer.model, tokenizer directory or hub name (default: the model's own)",
+    )
+    p.add_argument(
+        "--data-dir",
+        help="offline task data: DIR/<dataset>/<split>.jsonl in the HF datasets schema",
+    )
+    p.add_argument(
+        "--allow-split-fallback",
+        action="store_true",
+        help="where a split file is missing, use lm-eval's rule for a dataset without it "
+        "(score validation if no test; few-shot from validation if no train); recorded",
+    )
+    p.add_argument("--perplexity", metavar="DATA_SPEC", help="data source to score perplexity on")
+    p.add_argument("--split", default="validation", help="split of --perplexity (validation)")
+    p.add_argument("--context-length", type=int, help="window length (default: the model's)")
+    p.add_argument("--stride", type=int, help="perplexity window stride (default: half window)")
+    p.add_argument("--log-samples", action="store_true", help="write OUT/samples/<task>.jsonl")
+    p.add_argument("--out", help="output directory (default: runs/evaluate/<model name>)")
+    p.add_argument("--verbose", action="store_true", help="show lm-eval's own log messages")
+    p.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="RESULTS",
+        help="compare results.json files (or their directories): table + OUT/compare.png",
+    )
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.compare:
+        from elmforge.evaluate.report import compare_results
+
+        if args.model:
+            raise ElmforgeError("--compare takes results files only, not a MODEL")
+        compare_results(args.compare, args.out)
+        return 0
+    if not args.model:
+        raise ElmforgeError("give a MODEL directory or hub name (or --compare A B)")
+    from elmforge.evaluate.harness import evaluate_checkpoint
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    out = Path(args.out) if args.out else Path("runs/evaluate") / Path(args.model).name
+    report = evaluate_checkpoint(
+        args.model,
+        tokenizer=args.tokenizer,
+        device=args.device,
+        dtype=args.dtype,
+        tasks=tasks,
+        suite=args.suite,
+        num_fewshot=args.num_fewshot,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        data_dir=args.data_dir,
+        out_dir=out,
+        allow_split_fallback=args.allow_split_fallback,
+        perplexity_data=args.perplexity,
+        perplexity_split=args.split,
+        context_length=args.context_length,
+        stride=args.stride,
+        log_samples=args.log_samples,
+        verbose=args.verbose,
+    )
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'results.json'}")
+    return 0 if report else 1

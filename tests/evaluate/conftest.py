@@ -1,0 +1,45 @@
+"""Fixtures for tests/evaluate: task files, a trained tokenizer, tiny OpenELM models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.evaluate.eval_helpers import corpus_strings, train_tokenizer, write_task_dir
+
+
+@pytest.fixture(autouse=True)
+def _offline_and_quiet(monkeypatch, tmp_path_factory):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path_factory.getbasetemp() / "hf_datasets"))
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def task_dir(tmp_path_factory) -> Path:
+    return write_task_dir(tmp_path_factory.mktemp("tasks"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(task_dir):
+    return train_tokenizer(corpus_strings(task_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tokenizer):
+    from elmforge import OpenELMConfig, OpenELMForCausalLM
+
+    torch.manual_seed(0)
+    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=512, max_context_length=256)
+    return OpenELMForCausalLM(config).eval()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, tiny_model, tokenizer) -> Path:
+    path = tmp_path_factory.mktemp("model")
+    tiny_model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
