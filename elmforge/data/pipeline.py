@@ -833,6 +833,7 @@ def inspect(
     """Per source: documents kept, what each filter dropped, bad rows, tokens, sequences and the
     padding fraction ``config.mode`` gives, over one pass (the first ``max_documents`` rows),
     plus ``samples`` decoded sequences. Returns ``{"sources": [...], "total": {...}}``."""
+    resolved = _resolve_all(config, split)  # a source without files is reported first
     if tokenizer is None:
         from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
 
@@ -843,7 +844,7 @@ def inspect(
     processor = DocumentProcessor(tokenizer, config)
     length = config.seq_len + 1
     reports = []
-    for source, missing in _resolve_all(config, split):
+    for source, missing in resolved:
         counts = dict.fromkeys(READ_STATS + EMIT_STATS, 0)
         counts["bad_rows"] = len(missing)
         head: list[int] = []  # the first tokens, for the decoded samples

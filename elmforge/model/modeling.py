@@ -82,7 +82,10 @@ class OpenELMRMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        weight = self.weight
+        if weight.dtype != x.dtype:  # bf16 activations under autocast: keep the fused kernel
+            weight = weight.to(x.dtype)
+        return F.rms_norm(x, weight.shape, weight, self.eps)
 
 
 class OpenELMRotaryEmbedding(nn.Module):
