@@ -91,11 +91,10 @@ def run(args: argparse.Namespace) -> int:
     average_checkpoints(checkpoints, averaged_dir)
     tokenizer.save_pretrained(averaged_dir)
 
-    validation = list(
-        itertools.islice(
-            iter_texts(config.data.sources[0], split="validation"), args.eval_documents
-        )
+    held_out = itertools.chain.from_iterable(
+        iter_texts(source, split="validation") for source in config.data.sources
     )
+    validation = list(itertools.islice(held_out, args.eval_documents))
     report = {}
     for label, directory in (("final", final_dir), ("averaged", averaged_dir)):
         model = load_pretrained(directory, dtype=None, device="cpu")
