@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from elmforge.errors import ElmforgeError
+from elmforge.infer.loading import DTYPE_CHOICES
 
 EPILOG = """examples:
   elmforge evaluate runs/tiny/final --suite zero-shot --limit 50
@@ -45,7 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16", "float16"],
+        choices=DTYPE_CHOICES,
         help="weights dtype (auto: float32 on CPU, bfloat16 otherwise)",
     )
     p.add_argument(

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from elmforge.infer.generate import SamplingOptions, generate_text, load_model_and_tokenizer
+from elmforge.infer.loading import DTYPE_CHOICES
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,12 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", metavar="MODEL_DIR", help="model directory (HF layout)")
     p.add_argument("--tokenizer", metavar="PATH", help="tokenizer.model / tokenizer dir")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (auto)")
-    p.add_argument("--dtype", default="auto", help="auto, fp32, bf16 or fp16 (auto)")
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="weights dtype (auto: float32 on CPU, bfloat16 on a GPU)",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -2,55 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer
 
 from elmforge.errors import ElmforgeError
-from elmforge.model.convert import load_pretrained
+from elmforge.infer.loading import load_model_and_tokenizer
 from elmforge.model.modeling import OpenELMForCausalLM
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": None}
-
-
-def pick_device(device: str = "auto") -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ElmforgeError(f"--device {device}: CUDA is not available on this machine")
-    return device
-
-
-def find_tokenizer(model_dir: str | os.PathLike, tokenizer: str | os.PathLike | None) -> Path | str:
-    """The tokenizer to use: ``tokenizer`` if given, else the model directory's own."""
-    if tokenizer is not None:
-        return tokenizer
-    model_dir = Path(model_dir)
-    if (model_dir / "tokenizer.json").is_file() or (model_dir / "tokenizer.model").is_file():
-        return model_dir
-    raise ElmforgeError(
-        f"{model_dir}: no tokenizer (tokenizer.json or tokenizer.model) in the model directory; "
-        "pass --tokenizer PATH (e.g. the LLaMA-2 tokenizer.model)"
-    )
-
-
-def load_model_and_tokenizer(
-    model_dir: str | os.PathLike,
-    tokenizer: str | os.PathLike | None = None,
-    device: str = "auto",
-    dtype: str = "auto",
-) -> tuple[OpenELMForCausalLM, PreTrainedTokenizerBase]:
-    from elmforge.data.tokenizer import load_tokenizer
-
-    if dtype not in DTYPES:
-        raise ElmforgeError(f"--dtype {dtype}: expected one of {', '.join(DTYPES)}")
-    tokenizer_source = find_tokenizer(model_dir, tokenizer)
-    model = load_pretrained(model_dir, dtype=DTYPES[dtype], device=pick_device(device))
-    return model, load_tokenizer(tokenizer_source)
+__all__ = ["SamplingOptions", "generate_text", "load_model_and_tokenizer"]
 
 
 @dataclass

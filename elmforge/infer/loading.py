@@ -1,0 +1,142 @@
+"""One way to load a model with its tokenizer, for every verb that runs a model.
+
+``generate``, ``evaluate`` and the demo all go through :func:`load_model_and_tokenizer`, so the
+dtype and device rules, the tokenizer lookup and the one-line errors are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from elmforge.errors import CheckpointError, ElmforgeError
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+# Both spellings are accepted: the short ones of run configs and the long ones of transformers.
+DTYPES = {
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+}
+DTYPE_CHOICES = ("auto", *DTYPES)
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` is CUDA where there is a GPU, else the CPU; asking for a missing GPU is an error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ElmforgeError(f"--device {device}: CUDA is not available on this machine")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """``auto`` is float32 on the CPU (its bf16 matmuls are slow) and bfloat16 on an accelerator."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+    if dtype not in DTYPES:
+        raise ElmforgeError(f"--dtype {dtype}: expected one of {', '.join(DTYPE_CHOICES)}")
+    return DTYPES[dtype]
+
+
+def has_tokenizer(model_dir: Path) -> bool:
+    return any((model_dir / name).is_file() for name in TOKENIZER_FILES)
+
+
+def find_tokenizer(model_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
+    """The tokenizer to use: ``tokenizer`` if given, else the model directory's own.
+
+    A model without one is an error rather than a silent guess: scores and text depend on the
+    exact tokenizer.
+    """
+    if tokenizer is not None:
+        return tokenizer
+    model_dir = Path(model_dir)
+    if has_tokenizer(model_dir) or not model_dir.exists():  # a hub name brings its own
+        return str(model_dir)
+    from elmforge.data.tokenizer import default_tokenizer_path
+
+    llama2 = default_tokenizer_path()
+    example = f", e.g. --tokenizer {llama2}" if llama2 else ""
+    raise ElmforgeError(
+        f"{model_dir}: the model directory has no tokenizer (tokenizer.json or tokenizer.model); "
+        f"pass --tokenizer PATH (OpenELM uses LLaMA-2's{example})"
+    )
+
+
+def _is_openelm_dir(model_dir: Path) -> bool:
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("model_type") == "openelm"
+    except (OSError, ValueError, AttributeError):
+        return True  # let the OpenELM loader report what is wrong with the file
+
+
+def local_model_dir(path_or_name: str | os.PathLike) -> Path | None:
+    """The model directory ``path_or_name`` names, None for a hub name; a local path that is not
+    a model directory is an error."""
+    spec = str(path_or_name)
+    model_dir = Path(spec).expanduser()
+    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
+    if not model_dir.exists() and not looks_local:  # hub names are "name" or "org/name"
+        return None
+    if not model_dir.is_dir():
+        raise CheckpointError(f"{model_dir}: no such model directory")
+    if not (model_dir / "config.json").is_file():
+        raise CheckpointError(f"{model_dir}: not a model directory (no config.json)")
+    return model_dir
+
+
+def load_model(
+    path_or_name: str | os.PathLike,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+) -> Any:
+    """A causal LM in eval mode on ``device``: an OpenELM directory (integrity-checked), another
+    architecture's HF directory, or a hub name (needs the network or the local hub cache)."""
+    from elmforge.model.convert import load_pretrained
+
+    model_dir = local_model_dir(path_or_name)
+    device = pick_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if model_dir is not None and _is_openelm_dir(model_dir):
+        return load_pretrained(model_dir, dtype=torch_dtype, device=device)
+    from transformers import AutoModelForCausalLM
+
+    import elmforge  # noqa: F401  (registers OpenELM with the Auto classes)
+
+    spec = str(model_dir or path_or_name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            spec, dtype=torch_dtype, trust_remote_code=False
+        )
+    except (OSError, ValueError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{spec}: cannot load the model ({first_line})") from None
+    return model.to(device).eval()
+
+
+def load_model_and_tokenizer(
+    path_or_name: str | os.PathLike,
+    tokenizer: Any = None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+) -> tuple[Any, Any]:
+    """(model, tokenizer). ``tokenizer`` is a tokenizer object, a spec (``tokenizer.model``,
+    a directory, a hub name) or None for the model's own; both are checked before the model
+    loads."""
+    from elmforge.data.tokenizer import load_tokenizer
+
+    model_dir = local_model_dir(path_or_name)
+    tokenizer = find_tokenizer(model_dir or path_or_name, tokenizer)
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    return load_model(model_dir or path_or_name, device=device, dtype=dtype), tokenizer

@@ -1,0 +1,73 @@
+"""The one model loader every verb uses: dtype/device rules, other architectures, hub names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge.data.tokenizer import train_bpe_tokenizer
+from elmforge.errors import CheckpointError, ElmforgeError
+from elmforge.infer.loading import load_model_and_tokenizer, resolve_dtype
+
+CORPUS = [f"value_{i} = compute({i}, {i * 3})\n" for i in range(200)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("tokenizer")
+    train_bpe_tokenizer(CORPUS, vocab_size=300, out_dir=directory)
+    return directory
+
+
+def test_dtype_spellings_and_auto() -> None:
+    assert resolve_dtype("fp32", "cpu") is resolve_dtype("float32", "cpu") is torch.float32
+    assert resolve_dtype("bf16", "cpu") is resolve_dtype("bfloat16", "cpu") is torch.bfloat16
+    assert resolve_dtype("auto", "cpu") is torch.float32
+    assert resolve_dtype("auto", "cuda") is torch.bfloat16
+    with pytest.raises(ElmforgeError, match="--dtype fp8: expected one of auto, fp32"):
+        resolve_dtype("fp8", "cpu")
+
+
+def test_openelm_dir_with_a_separate_tokenizer_keeps_its_weights(tmp_path, tokenizer_dir) -> None:
+    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=300)
+    model = OpenELMForCausalLM(config)
+    model.save_pretrained(tmp_path)
+    loaded, tokenizer = load_model_and_tokenizer(
+        tmp_path, tokenizer=tokenizer_dir, device="cpu", dtype="bf16"
+    )
+    assert isinstance(loaded, OpenELMForCausalLM) and not loaded.training
+    assert len(tokenizer) == 300
+    embedding = loaded.transformer.token_embeddings.weight
+    assert embedding.dtype == torch.bfloat16
+    assert torch.equal(embedding, model.transformer.token_embeddings.weight.to(torch.bfloat16))
+
+
+def test_another_architecture_loads_through_the_auto_classes(tmp_path, tokenizer_dir) -> None:
+    config = LlamaConfig(
+        vocab_size=300,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    train_bpe_tokenizer(CORPUS, vocab_size=300, out_dir=tmp_path)
+    model, tokenizer = load_model_and_tokenizer(tmp_path, device="cpu")
+    assert isinstance(model, LlamaForCausalLM) and len(tokenizer) == 300
+
+
+def test_bad_paths_and_offline_hub_names_are_one_line_errors(tmp_path, tokenizer_dir) -> None:
+    with pytest.raises(CheckpointError, match="no such model directory"):
+        load_model_and_tokenizer(tmp_path / "missing", tokenizer=tokenizer_dir)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        load_model_and_tokenizer(tmp_path, tokenizer=tokenizer_dir)
+    # Tests run with HF_HUB_OFFLINE=1: a hub name that is not cached cannot load.
+    with pytest.raises(CheckpointError, match="elmforge-no-such-org/no-such-model: cannot load"):
+        load_model_and_tokenizer(
+            "elmforge-no-such-org/no-such-model", tokenizer=tokenizer_dir, device="cpu"
+        )
