@@ -5,7 +5,7 @@ it times the training step of ``elmforge.train`` (forward, cross-entropy + z-los
 gradient clipping, AdamW) on random tokens, eager and compiled, in one run, so the compiled
 figures are compared against the eager baseline measured alongside. MFU uses the loop's own
 FLOP count (6N + attention) and peak (``--peak-flops``, else the loop's default: a GPU datasheet
-table, or 32 FLOP/cycle x 2.5 GHz x threads on CPU).
+table, or on CPU the widest fp32 / bf16 unit /proc/cpuinfo lists x an assumed 2.5 GHz x threads).
 
     .venv/bin/python bench/train.py                      # CPU: tiny and 270M, fp32/bf16, eager/compile
     .venv/bin/python bench/train.py --shapes OpenELM-tiny --modes eager --steps 5
@@ -35,7 +35,7 @@ from elmforge.train.optim import build_optimizer, loss_sums
 
 def measure(
     shape: str, precision: str, mode: str, device: torch.device, batch: int, seq_len: int,
-    steps: int, warmup: int,
+    steps: int, warmup: int, run_config: RunConfig,
 ) -> dict:  # fmt: skip
     torch.manual_seed(0)
     config = OpenELMConfig.from_name(shape, max_context_length=max(seq_len, 256))
@@ -77,7 +77,7 @@ def measure(
         samples.append(time.perf_counter() - start)
     seconds = sorted(samples)[len(samples) // 2]
     tokens_per_s = batch * seq_len / seconds
-    peak, peak_source = peak_flops_per_device(RunConfig(), device)
+    peak, peak_source = peak_flops_per_device(run_config, device, precision)
     return {
         "shape": shape,
         "parameters": config.num_parameters_total(),
@@ -107,8 +107,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3, help="timed steps (median reported)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps (compilation)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    parser.add_argument("--peak-flops", type=float, default=None, help="peak FLOP/s per device")
     parser.add_argument("--out", default=None, help="JSON path (default bench/results/train.json)")
     args = parser.parse_args(argv)
+    run_config = RunConfig()
+    run_config.log.peak_flops = args.peak_flops
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         for precision in args.precisions:
             for mode in args.modes:
                 row = measure(shape, precision, mode, device, batch, args.seq_len, args.steps,
-                              args.warmup)  # fmt: skip
+                              args.warmup, run_config)  # fmt: skip
                 rows.append(row)
                 print(f"{shape} {precision} {mode}: {row['tokens_per_s']:,.0f} tokens/s, "
                       f"MFU {row['mfu']:.1%}", flush=True)  # fmt: skip
@@ -131,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(rows, ["shape", "precision", "mode", "batch", "seq_len", "step_s", "tokens_per_s",
                        "mfu", "speedup_vs_eager", "warmup_s"])  # fmt: skip
+    print(f"MFU peak: {rows[0]['peak_source']}" if rows else "")
     name = "train" if device.type == "cpu" else f"train-{device.type}"
     path = write_json(name, {"rows": rows, "args": vars(args)}, args.out)
     print(f"\nwrote {path}")

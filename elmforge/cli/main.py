@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(subparsers)
+    # `--optim.l 7e-3` must not silently mean `--optim.lr`: an unknown key is an error.
+    parser.allow_abbrev = False
+    for verb_parser in subparsers.choices.values():
+        verb_parser.allow_abbrev = False
     return parser
 
 

@@ -54,6 +54,7 @@ from elmforge.data.sources import (
     iter_texts,
     normalize_source,
     resolve_source,
+    source_name,
 )
 from elmforge.errors import ConfigError, DataError, ElmforgeError
 
@@ -155,6 +156,14 @@ class DataConfig:
     def sources_for(self, split: str) -> list[dict[str, Any]]:
         if split == "validation" and self.validation_sources:
             return self.validation_sources
+        if split == "validation":
+            # Files have no split of their own: validating on them would score training data.
+            for i, spec in enumerate(self.sources):
+                if not source_name(normalize_source(spec)).startswith(("builtin:", "hf:")):
+                    raise ConfigError(
+                        f"data.sources[{i}]: files have no validation split; set "
+                        "data.validation_sources to held-out shards"
+                    )
         return self.sources
 
 
@@ -263,8 +272,13 @@ READ_STATS = ("documents", "dropped_min_characters", "dropped_min_tokens", "bad_
 EMIT_STATS = ("sequences", "tokens", "padding_tokens")
 
 
-def _rng(*key: int) -> np.random.Generator:
-    return np.random.default_rng([int(k) for k in key])
+# One tag per use of randomness: numpy's SeedSequence ignores trailing zeros, so untagged keys of
+# different lengths ((seed, source) and (seed, source, 0, 0)) would share one stream.
+_RNG_TAGS = {"shard_assignment": 101, "shard_order": 202, "block_shuffle": 303, "mixing": 404}
+
+
+def _rng(purpose: str, *key: int) -> np.random.Generator:
+    return np.random.default_rng([_RNG_TAGS[purpose], *(int(k) for k in key)])
 
 
 class SourceStream:
@@ -311,9 +325,13 @@ class SourceStream:
         if self.row_striding:
             mine = list(range(count))
         else:
-            mine = list(_rng(self.config.seed, self.source_index).permutation(count))
+            mine = list(
+                _rng("shard_assignment", self.config.seed, self.source_index).permutation(count)
+            )
             mine = mine[self.slot :: self.readers]
-        order = _rng(self.config.seed, self.source_index, self.slot, epoch).permutation(len(mine))
+        order = _rng(
+            "shard_order", self.config.seed, self.source_index, self.slot, epoch
+        ).permutation(len(mine))
         return [(int(mine[i]), self.source.shards[mine[i]]) for i in order]
 
     def _iter_rows(self, position: dict) -> Iterator[tuple[Any, dict]]:
@@ -390,7 +408,9 @@ class SourceStream:
             self.epoch_bad_rows += len(bad)
             self.epoch_documents += len(kept)
         epoch = self.block_start["epoch"]
-        order = _rng(self.config.seed, self.source_index, self.slot, epoch, self.block_index)
+        order = _rng(
+            "block_shuffle", self.config.seed, self.source_index, self.slot, epoch, self.block_index
+        )
         self.block = [kept[i] for i in order.permutation(len(kept))]
         self.loaded = True
         self.j = 0
@@ -491,9 +511,9 @@ class Reader:
             return 0
         if k // MIX_BLOCK != self._mix_block:
             self._mix_block = k // MIX_BLOCK
-            self._mix_uniforms = _rng(self.config.seed, self.slot, 7919, self._mix_block).random(
-                MIX_BLOCK
-            )
+            self._mix_uniforms = _rng(
+                "mixing", self.config.seed, self.slot, self._mix_block
+            ).random(MIX_BLOCK)
         index = int(
             np.searchsorted(self._cumulative, self._mix_uniforms[k % MIX_BLOCK], side="right")
         )

@@ -23,6 +23,7 @@ from elmforge.errors import ElmforgeError
 
 SPIECE_UNDERLINE = "▁"
 LLAMA2_TOKENIZER_FILE = "llama2-tokenizer.model"
+LLAMA2_VOCAB_SIZE = 32000
 # SentencePiece piece types (sentencepiece_model.proto): the ones that take part in merges.
 _NORMAL, _USER_DEFINED, _UNUSED, _BYTE = 1, 4, 5, 6
 

@@ -389,8 +389,15 @@ def describe_tokenizer(tokenizer: Any, tokenizer_name: str | None) -> dict[str, 
         "class": type(tokenizer).__name__,
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
-        "add_bos_token": True,
+        # Measured, not assumed: lm-eval asks for special tokens, and whether that yields the
+        # bos token is up to the tokenizer's post-processor.
+        "add_bos_token": adds_bos_token(tokenizer),
     }
+
+
+def adds_bos_token(tokenizer: Any) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
 
 
 def evaluate_model(
@@ -402,7 +409,7 @@ def evaluate_model(
     limit: int | None = None,
     batch_size: int = 1,
     data_dir: str | Path | None = None,
-    device: str | None = "cpu",
+    device: str | None = None,
     out_dir: str | Path | None = None,
     model_name: str | None = None,
     *,
@@ -422,7 +429,8 @@ def evaluate_model(
     ``num_fewshot``; ``perplexity`` holds tokens, loss, perplexity and bits per byte.
 
     The model is moved to ``device`` (``None``: left where it is) and put in eval mode for the
-    run; its train/eval mode is restored afterwards, so a trainer can call this mid-training.
+    run; its device and train/eval mode are restored afterwards, so a trainer can call this
+    mid-training.
     """
     from elmforge.evaluate.perplexity import perplexity_of_source
     from elmforge.evaluate.report import write_results
@@ -438,10 +446,11 @@ def evaluate_model(
         batch_size,
     )
 
+    original_device = next(model.parameters()).device
     if device is not None:
         model.to(device)
     else:
-        device = str(next(model.parameters()).device)
+        device = str(original_device)
     was_training = model.training
     model.eval()
     try:
@@ -493,6 +502,7 @@ def evaluate_model(
             )
     finally:
         model.train(was_training)
+        model.to(original_device)  # a trainer's model goes back where it was
     if out_dir is not None:
         write_results(report, Path(out_dir), samples=samples if log_samples else None)
     return report
@@ -517,9 +527,15 @@ def evaluate_checkpoint(
         kwargs.get("perplexity_data"),
         kwargs.get("batch_size", 1),
     )
+    from elmforge.infer.loading import find_tokenizer, local_model_dir, pick_device
+
+    device = pick_device(device)
+    tokenizer = find_tokenizer(local_model_dir(path_or_name) or path_or_name, tokenizer)
     model, tokenizer_obj = load_model_for_eval(path_or_name, tokenizer, device=device, dtype=dtype)
     kwargs.setdefault("model_name", str(path_or_name))
-    kwargs.setdefault("tokenizer_name", str(tokenizer) if tokenizer is not None else None)
+    kwargs.setdefault(
+        "tokenizer_name", str(tokenizer) if isinstance(tokenizer, (str, Path)) else None
+    )
     return evaluate_model(model, tokenizer_obj, device=device, **kwargs)
 
 

@@ -102,7 +102,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- model: {model.get('class')} ({model.get('parameters', 0):,} parameters, "
         f"{model.get('dtype')}, {model.get('device')})"
         + (f", architecture of {variant}" if variant else ""),
-        f"- tokenizer: {report.get('tokenizer', {}).get('name')} (bos token added)",
+        f"- tokenizer: {report.get('tokenizer', {}).get('name')} "
+        f"({'bos token added' if report.get('tokenizer', {}).get('add_bos_token') else 'no bos token'})",
         f"- lm-eval {report.get('versions', {}).get('lm_eval')}, {report.get('date')}",
         f"- suite: {suite or '-'}; limit: {settings.get('limit') or 'none'}; "
         f"data: {settings.get('data_dir') or 'Hugging Face hub'}",
@@ -120,7 +121,7 @@ def render_markdown(report: dict[str, Any]) -> str:
             metric = headline_metric(entry)
             value = entry.get(metric) if metric else None
             stderr = entry.get(f"{metric}_stderr") if metric else None
-            figure = paper_figure(variant, suite, task)
+            figure = paper_figure(variant, suite, task, entry.get("num_fewshot"))
             split = entry.get("split", "")
             if entry.get("split_fallback"):
                 split += " (fallback)"
@@ -131,7 +132,9 @@ def render_markdown(report: dict[str, Any]) -> str:
             )
         average = suite_average(report)
         if average is not None:
-            figure = paper_figure(variant, suite, "average")
+            # The suite's own shot counts unless --num-fewshot overrode them.
+            shots = None if settings.get("num_fewshot") is None else settings["num_fewshot"]
+            figure = paper_figure(variant, suite, "average", shots)
             lines.append(
                 f"| **average** | | | | **{_percent(average)}** | | "
                 f"{figure.label() if figure else ''} | |"
@@ -139,9 +142,15 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [
             "",
             "Metric: normalised accuracy (acc_norm) where lm-eval defines it, else accuracy. "
-            f"Paper figures: {PAPER}; only re-checked figures are shown, each with its table.",
+            f"Paper figures: {PAPER}; only re-checked figures are shown, each with its table, "
+            "and only beside a score run with the same few-shot count.",
             "",
         ]
+        if settings.get("limit"):
+            lines[-1:-1] = [
+                f"Scores use the first {settings['limit']} documents of each task (--limit); "
+                "the paper's use the full sets.",
+            ]
         notes: dict[str, list[str]] = {}
         for task in displayed_tasks(report):
             for note in results[task].get("split_fallback", []):

@@ -53,24 +53,35 @@ def has_tokenizer(model_dir: Path) -> bool:
 
 
 def find_tokenizer(model_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
-    """The tokenizer to use: ``tokenizer`` if given, else the model directory's own.
+    """The tokenizer to use: ``tokenizer`` if given, else the model directory's own, else (for a
+    model with LLaMA-2's 32000-token vocabulary, as Apple's checkpoints have) the LLaMA-2
+    ``tokenizer.model`` under shared/data, which is what Apple evaluated with.
 
-    A model without one is an error rather than a silent guess: scores and text depend on the
-    exact tokenizer.
+    Anything else is an error rather than a silent guess: scores and text depend on the exact
+    tokenizer.
     """
     if tokenizer is not None:
         return tokenizer
     model_dir = Path(model_dir)
     if has_tokenizer(model_dir) or not model_dir.exists():  # a hub name brings its own
         return str(model_dir)
-    from elmforge.data.tokenizer import default_tokenizer_path
+    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE, default_tokenizer_path
 
     llama2 = default_tokenizer_path()
+    if llama2 is not None and _vocab_size(model_dir) == LLAMA2_VOCAB_SIZE:
+        return llama2
     example = f", e.g. --tokenizer {llama2}" if llama2 else ""
     raise ElmforgeError(
         f"{model_dir}: the model directory has no tokenizer (tokenizer.json or tokenizer.model); "
         f"pass --tokenizer PATH (OpenELM uses LLaMA-2's{example})"
     )
+
+
+def _vocab_size(model_dir: Path) -> int | None:
+    try:
+        return json.loads((model_dir / "config.json").read_text()).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _is_openelm_dir(model_dir: Path) -> bool:

@@ -193,8 +193,11 @@ def latest_checkpoints(run_dir: Path, count: int) -> list[Path]:
         good.append(path / MODEL_DIR)
         if len(good) == count:
             break
-    if not good:
-        raise CheckpointError(f"{run_dir}: no intact checkpoints under {CHECKPOINTS_DIR}/")
+    if len(good) < count:
+        raise CheckpointError(
+            f"{run_dir}: {len(good)} intact checkpoint(s) under {CHECKPOINTS_DIR}/, "
+            f"{count} asked for (--last {count})"
+        )
     return list(reversed(good))
 
 
@@ -281,9 +284,11 @@ def save_checkpoint(
     rng_states: Sequence[dict[str, Any]],
     trainer_state: dict[str, Any],
     tokenizer: Any = None,
+    name: str | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-NNNNNNNN`` atomically, with its manifest (rank 0 only)."""
-    final = Path(run_dir) / CHECKPOINTS_DIR / step_dir_name(step)
+    """Write ``checkpoints/step-NNNNNNNN`` (or ``checkpoints/NAME``) atomically, with its manifest
+    (rank 0 only). Only ``step-*`` directories are resumed from, averaged or pruned."""
+    final = Path(run_dir) / CHECKPOINTS_DIR / (name or step_dir_name(step))
     with atomic_directory(final) as tmp:
         save_model_dir(model_config, model_state, tmp / MODEL_DIR, tokenizer)
         torch.save(optimizer_state, tmp / OPTIMIZER_STATE)

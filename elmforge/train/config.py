@@ -259,12 +259,9 @@ class RunConfig:
                  f"schedule.max_steps={self.schedule.max_steps}")  # fmt: skip
         if self.bpe_vocab_size < 300:
             fail("bpe_vocab_size", f"must be at least 300, got {self.bpe_vocab_size}")
-        if (
-            self.train.global_batch_tokens is not None
-            and isinstance(self.train.grad_accum, int)
-            and self.train.global_batch_tokens
-            != self.train.grad_accum * self.train.micro_batch_size * self.seq_len
-        ):
+        if self.train.global_batch_tokens is not None and isinstance(self.train.grad_accum, int):
+            # A fixed accumulation would hold only for one process count; the token budget
+            # decides the accumulation for any number of processes.
             fail("train.grad_accum", "set either train.grad_accum or train.global_batch_tokens "
                  "(grad_accum: auto), not both")  # fmt: skip
 
@@ -595,12 +592,17 @@ def corenet_to_run_dict(corenet: dict[str, Any], source: str) -> dict[str, Any]:
     put("data.mode", "padding")  # CoreNet pads every document to the sequence length
     use_z_loss = flat.get("loss.language_modeling.cross_entropy.use_z_loss", False)
     put("optim.z_loss", 1e-4 if use_z_loss else 0.0)
-    bf16 = flat.get("common.mixed_precision") and flat.get("common.mixed_precision_dtype") in (
-        "bfloat16",
-        "bf16",
-    )
-    if bf16 or flat.get("fsdp.parameter_datatype") == "bfloat16":
+    mixed = flat.get("common.mixed_precision")
+    mixed_dtype = flat.get("common.mixed_precision_dtype", "bfloat16" if mixed else None)
+    if mixed and mixed_dtype not in ("bfloat16", "bf16"):
+        raise ConfigError(
+            f"{source}: CoreNet key 'common.mixed_precision_dtype': elmforge supports only "
+            f"'bfloat16', got {mixed_dtype!r}"
+        )
+    if mixed or flat.get("fsdp.parameter_datatype") == "bfloat16":
         put("train.precision", "bf16")
+    elif mixed is not None:  # mixed_precision: false asks for full precision
+        put("train.precision", "fp32")
     max_lr = flat.get("scheduler.cosine.max_lr")
     min_lr = flat.get("scheduler.cosine.min_lr")
     if max_lr is not None and min_lr is not None:

@@ -115,11 +115,15 @@ class RunLogger:
                     self.writer.add_scalar(_tb_name(key), value, step)
             self.writer.flush()
         if self.bar is not None:
-            postfix = {"loss": f"{record.get('loss', float('nan')):.4f}"}
-            if record.get("val_loss") is not None:
-                postfix["val"] = f"{record['val_loss']:.4f}"
-            postfix["lr"] = f"{record.get('lr', 0):.2e}"
-            postfix["tok/s"] = f"{record.get('tokens_per_s', 0):,.0f}"
+            # A value is None when every step since the last line was skipped (non-finite).
+            postfix = {
+                "loss": _fixed(record.get("loss"), ".4f"),
+                "val": _fixed(record.get("val_loss"), ".4f"),
+                "lr": _fixed(record.get("lr"), ".2e"),
+                "tok/s": _fixed(record.get("tokens_per_s"), ",.0f"),
+            }
+            if record.get("val_loss") is None:
+                del postfix["val"]
             self.bar.set_postfix(postfix, refresh=True)
         elif self.plain:
             print(format_plain(record), flush=True)
@@ -142,6 +146,10 @@ def _clean(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None if math.isnan(value) else value
     return value
+
+
+def _fixed(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
 
 
 def _tb_name(key: str) -> str:

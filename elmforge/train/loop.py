@@ -49,6 +49,7 @@ from elmforge.train.checkpoint import (
     restore_rng_state,
     save_checkpoint,
     save_model_dir,
+    step_dir_name,
 )
 from elmforge.train.config import RunConfig
 from elmforge.train.logging import RunLogger
@@ -60,8 +61,12 @@ TOKENIZER_DIR = "tokenizer"
 # Peak dense bf16 FLOP/s of common accelerators, for the MFU estimate (vendor datasheets).
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
                   "L4": 121e12, "V100": 125e12, "T4": 65e12, "RTX 4090": 165e12}  # fmt: skip
-# CPU: an assumed 32 fp32 FLOP per cycle per core (two AVX2 FMA units x 8 lanes x 2) at 2.5 GHz.
-CPU_FLOPS_PER_CORE = 32 * 2.5e9
+# CPU peak FLOP per cycle per core, by the widest unit /proc/cpuinfo lists (two FMA ports, each
+# lane a multiply and an add): AVX2 8 fp32 lanes, AVX-512 16; bf16 dot products double the lanes
+# (AVX512_BF16), and an AMX tile unit does 1024 bf16 FLOP per cycle. The clock is assumed.
+CPU_CLOCK_HZ = 2.5e9
+CPU_FP32_FLOP_PER_CYCLE = (("avx512f", 64), ("avx2", 32))
+CPU_BF16_FLOP_PER_CYCLE = (("amx_bf16", 1024), ("avx512_bf16", 128))
 
 LoaderFactory = Callable[..., Any]
 
@@ -158,8 +163,35 @@ def flops_per_token(model_config: Any, seq_len: int) -> float:
     return 6 * model_config.num_parameters_total() + attention
 
 
-def peak_flops_per_device(config: RunConfig, device: torch.device) -> tuple[float, str]:
-    """(peak FLOP/s, how it was obtained) for one device."""
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_peak_flops(precision: str, threads: int) -> tuple[float, str]:
+    """An indicative CPU peak for ``precision`` (fp32 or bf16) over ``threads`` cores."""
+    flags = cpu_flags()
+    table = CPU_FP32_FLOP_PER_CYCLE
+    if precision == "bf16":
+        table = CPU_BF16_FLOP_PER_CYCLE + CPU_FP32_FLOP_PER_CYCLE
+    unit, per_cycle = next(((f, n) for f, n in table if f in flags), ("scalar", 16))
+    return (
+        per_cycle * CPU_CLOCK_HZ * threads,
+        f"CPU {precision}: {unit} {per_cycle} FLOP/cycle x {CPU_CLOCK_HZ / 1e9:g} GHz (assumed) "
+        f"x {threads} threads",
+    )
+
+
+def peak_flops_per_device(
+    config: RunConfig, device: torch.device, precision: str = "fp32"
+) -> tuple[float, str]:
+    """(peak FLOP/s, how it was obtained) for one device at ``precision``."""
     if config.log.peak_flops:
         return config.log.peak_flops, "configured"
     if device.type == "cuda":
@@ -168,8 +200,7 @@ def peak_flops_per_device(config: RunConfig, device: torch.device) -> tuple[floa
             if key in name:
                 return value, f"{key} bf16 dense datasheet"
         return 312e12, f"unknown GPU {name!r}: assumed A100 bf16"
-    threads = torch.get_num_threads()
-    return CPU_FLOPS_PER_CORE * threads, f"CPU assumed 32 FLOP/cycle x 2.5 GHz x {threads} threads"
+    return cpu_peak_flops(precision, torch.get_num_threads())
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -195,7 +226,11 @@ def _default_loader_factory(
 
     def make(split: str) -> Any:
         workers = config.train.num_workers if split == "train" else 0
-        if config.train.data_sharding == "global_batch" and env.is_distributed:
+        # Validation always reads one stream that every rank slices: the same held-out rows
+        # whatever the process count, and any error (say, too few documents) on every rank
+        # alike, so no rank is left waiting in a collective.
+        one_stream = config.train.data_sharding == "global_batch" or split != "train"
+        if one_stream and env.is_distributed:
             whole = build_train_loader(
                 data_config, tokenizer, config.train.micro_batch_size * env.world_size,
                 rank=0, world_size=1, num_workers=workers, split=split,
@@ -301,10 +336,14 @@ class _Trainer:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.val_batches: list[dict[str, torch.Tensor]] | None = None
         self.tokens_per_seq_flops = flops_per_token(self.model_config, config.seq_len)
-        self.peak_flops, self.peak_source = peak_flops_per_device(config, env.device)
+        self.peak_flops, self.peak_source = peak_flops_per_device(
+            config, env.device, self.precision
+        )
 
     # -- checkpoint I/O ------------------------------------------------------------------------
-    def _save(self, step: int, loader: Any, counters: dict[str, Any]) -> Path | None:
+    def _save(
+        self, step: int, loader: Any, counters: dict[str, Any], name: str | None = None
+    ) -> Path | None:
         env = self.env
         model_state = dist_utils.full_model_state(self.model)
         optimizer_state = dist_utils.full_optimizer_state(self.model, self.optimizer)
@@ -315,9 +354,10 @@ class _Trainer:
             trainer_state = {"world_size": env.world_size, "data": data_states, **counters}
             path = save_checkpoint(
                 self.out_dir, step, self.model_config, model_state, optimizer_state,
-                rng_states, trainer_state, self.tokenizer,
+                rng_states, trainer_state, self.tokenizer, name=name,
             )  # fmt: skip
-            apply_retention(self.out_dir, self.config.checkpoint.keep_last)
+            if name is None:
+                apply_retention(self.out_dir, self.config.checkpoint.keep_last)
         dist_utils.barrier(env)
         return path
 
@@ -484,7 +524,12 @@ class _Trainer:
                 counters["elapsed_s"] = elapsed_before + time.monotonic() - session_start
 
                 if counters["consecutive_nonfinite"] >= config.train.max_nonfinite_steps:
-                    path = self._save(step, loader, counters)
+                    # Kept for inspection under another name: a re-run (say with a lower
+                    # optim.lr) resumes from the last good step-* checkpoint, and retention
+                    # never trades a good checkpoint for this one.
+                    path = self._save(
+                        step, loader, counters, name=f"diverged-{step_dir_name(step)}"
+                    )
                     raise TrainingDivergedError(
                         f"stopped at step {step}: {counters['consecutive_nonfinite']} steps in a "
                         f"row had a non-finite loss or gradient (train.max_nonfinite_steps="

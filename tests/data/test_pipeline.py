@@ -200,6 +200,18 @@ def test_state_of_another_layout_is_refused(tmp_path, bpe_tokenizer):
         other.load_state_dict(loader.state_dict())
 
 
+def test_file_sources_never_validate_on_training_data(tmp_path, bpe_tokenizer):
+    train = write_jsonl(tmp_path / "train.jsonl", [document(i) for i in range(10)])
+    held_out = write_jsonl(tmp_path / "held-out.jsonl", [document(i) for i in range(50, 60)])
+    config = data_config([str(train)])
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].*data.validation_sources"):
+        build_train_loader(config, bpe_tokenizer, 2, split="validation")
+    config = data_config([str(train)], validation_sources=[str(held_out)])
+    batch = next(build_train_loader(config, bpe_tokenizer, 2, split="validation"))
+    text = bpe_tokenizer.decode(batch["input_ids"][0])
+    assert re.search(r"document 5\d says", text)
+
+
 def test_bad_input(tmp_path, bpe_tokenizer):
     good = write_jsonl(tmp_path / "good.jsonl", [document(i) for i in range(4)])
     bad = tmp_path / "bad.jsonl"

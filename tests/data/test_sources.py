@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import pytest
 
 from elmforge.data.sources import (
     BUILTIN_DOCS,
     BUILTIN_STDLIB,
+    VALIDATION_PER_MILLE,
     in_validation_split,
     iter_shard_rows,
     iter_texts,
     resolve_source,
+    stdlib_root,
 )
 from elmforge.errors import ConfigError, DataError
 from tests.data.conftest import document, write_jsonl, write_parquet
@@ -80,7 +85,13 @@ def test_builtin_corpus_split_is_deterministic_and_disjoint():
     assert len(validation_paths) > 5 and len(train_paths) > 10 * len(validation_paths)
     # The split depends only on the relative name, never on the OS's file order.
     assert [s.path for s in train.shards] == sorted(train_paths)
-    assert in_validation_split("json/decoder.py") == in_validation_split("json/decoder.py")
+    # Membership is the documented hash of the relative path, so every machine agrees.
+    root = stdlib_root()
+    for path in sorted(validation_paths)[:5] + sorted(train_paths)[:5]:
+        relative = Path(path).relative_to(root).as_posix()
+        digest = hashlib.sha256(relative.encode("utf-8")).digest()
+        expected = int.from_bytes(digest[:8], "big") % 1000 < VALIDATION_PER_MILLE
+        assert in_validation_split(relative) == expected == (path in validation_paths)
     docs_train = set(iter_texts(BUILTIN_DOCS, "train"))
     docs_validation = set(iter_texts(BUILTIN_DOCS, "validation"))
     assert docs_train and docs_validation and docs_train.isdisjoint(docs_validation)

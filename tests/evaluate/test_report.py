@@ -30,6 +30,9 @@ def test_paper_figures_are_shown_with_their_table_only_for_the_matching_variant(
     assert "53.91 (Table 4a)" in markdown
     assert "53.91" not in render_markdown(_report("OpenELM-450M", "zero-shot", results))
     assert "53.91" not in render_markdown(_report(None, "zero-shot", results))
+    # A 5-shot score is not shown beside the paper's 0-shot figure.
+    five_shot = {"winogrande": {"acc": 0.5, "n": 10, "num_fewshot": 5}}
+    assert "53.91" not in render_markdown(_report("OpenELM-270M", None, five_shot))
 
 
 def test_suite_average_row_uses_the_headline_metric():
@@ -43,6 +46,10 @@ def test_suite_average_row_uses_the_headline_metric():
     report = _report("OpenELM-1_1B", "openllm", results)
     assert abs(suite_average(report) - (0.3 + 0.5 + 0.25 + 0.4 + 0.55) / 5) < 1e-12
     assert "45.93 (Table 1)" in render_markdown(report)
+    report["settings"]["num_fewshot"] = 0  # not the leaderboard's shot counts
+    assert "45.93" not in render_markdown(report)
+    report["settings"].update(num_fewshot=None, limit=20)
+    assert "first 20 documents of each task" in render_markdown(report)
 
 
 def test_only_checked_figures_are_listed_unmarked():

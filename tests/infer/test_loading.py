@@ -71,3 +71,15 @@ def test_bad_paths_and_offline_hub_names_are_one_line_errors(tmp_path, tokenizer
         load_model_and_tokenizer(
             "elmforge-no-such-org/no-such-model", tokenizer=tokenizer_dir, device="cpu"
         )
+
+
+def test_llama2_vocabulary_without_tokenizer_files_gets_llama2(tmp_path, llama2_tokenizer_path):
+    from elmforge.data.tokenizer import default_tokenizer_path
+    from elmforge.infer.loading import find_tokenizer
+
+    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=32000)
+    OpenELMForCausalLM(config).save_pretrained(tmp_path / "apple-like")
+    assert find_tokenizer(tmp_path / "apple-like") == default_tokenizer_path()
+    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(tmp_path / "other")
+    with pytest.raises(ElmforgeError, match="has no tokenizer"):
+        find_tokenizer(tmp_path / "other")

@@ -116,6 +116,8 @@ def test_average_cli_over_the_last_checkpoints(run_dir: Path, tmp_path: Path, ca
     assert code == 0
     assert "averaged 3 checkpoints" in capsys.readouterr().out
     assert (tmp_path / "avg" / "model.safetensors").is_file()
+    code = main(["average", "--last", "50", str(run_dir), "--out", str(tmp_path / "y")])
+    assert code == 2 and "50 asked for" in capsys.readouterr().err
     code = main(["average", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")])
     assert code == 2
     err = capsys.readouterr().err

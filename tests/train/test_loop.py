@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 import elmforge  # noqa: F401  (registers the Auto classes)
 from elmforge.train import RunConfig, pretrain
+from elmforge.train.checkpoint import find_resume_checkpoint
 from elmforge.train.loop import TrainingDivergedError
 from tests.train.helpers import micro_run, read_metrics, safetensors_state
 
@@ -124,6 +125,8 @@ def test_non_finite_steps_are_skipped_then_stop_with_a_checkpoint(
         pretrain(RunConfig.from_dict(run), tmp_path / "run")
     assert "lower optim.lr" in str(caught.value)
     checkpoints = list((tmp_path / "run" / "checkpoints").iterdir())
-    assert len(checkpoints) == 1
+    assert len(checkpoints) == 1 and checkpoints[0].name.startswith("diverged-step-")
     state = json.loads((checkpoints[0] / "trainer_state.json").read_text())
     assert state["skipped_steps"] == 3 and state["consecutive_nonfinite"] == 3
+    # Kept for inspection, never resumed from: a re-run starts from the last good checkpoint.
+    assert find_resume_checkpoint(tmp_path / "run") is None
