@@ -358,14 +358,24 @@ def _read_topics(shard: Shard, start_row: int, start_offset: int | None) -> RowS
         yield row, None, topics[names[row]]
 
 
+HUB_BATCH_ROWS = 256
+
+
 def _read_hub(shard: Shard, start_row: int, start_offset: int | None) -> RowStream:
     try:
         import datasets
 
         dataset = datasets.load_dataset(shard.path, split=shard.split, streaming=True)
-        for row, example in enumerate(dataset):
-            if row >= start_row:
-                yield row, None, example
+        # Iterating the dataset itself inside a DataLoader worker makes `datasets` keep only
+        # that worker's share of the hub shards, on top of our own row striding (most rows would
+        # never be read); `iter(batch_size=...)` reads every row, and the reader keeps its own.
+        row = 0
+        for batch in dataset.iter(batch_size=HUB_BATCH_ROWS):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns)):
+                if row >= start_row:
+                    yield row, None, dict(zip(columns, values))
+                row += 1
     except Exception as err:  # the hub client raises many types (offline, missing, auth)
         problem = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(

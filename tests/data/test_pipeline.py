@@ -191,6 +191,18 @@ def test_ranks_and_workers_are_disjoint_and_cover_everything(tmp_path, bpe_token
     assert seen[0] | seen[1] == set(range(40)) | set(range(100, 113))
 
 
+def test_hub_dataset_with_workers_reads_every_row(tmp_path, bpe_tokenizer):
+    # A local dataset directory goes through the same `datasets` streaming code as a hub name.
+    hub = tmp_path / "hub-like"
+    hub.mkdir()
+    for f in range(3):
+        write_jsonl(hub / f"train-{f}.jsonl", [document(f * 6 + i, words=10) for i in range(6)])
+    config = data_config([{"name": f"hf:{hub}"}], mode="padding", seq_len=96)
+    loader = build_train_loader(config, bpe_tokenizer, 2, num_workers=2)
+    seen = document_ids(bpe_tokenizer, take(loader, 12))  # 24 sequences, 18 documents
+    assert set(seen) == set(range(18))
+
+
 def test_state_of_another_layout_is_refused(tmp_path, bpe_tokenizer):
     config = data_config(mixed_sources(tmp_path))
     loader = build_train_loader(config, bpe_tokenizer, 2, world_size=2)
