@@ -25,6 +25,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from elmforge.errors import CheckpointError
+
 
 @dataclass(frozen=True)
 class DistEnv:
@@ -140,7 +142,24 @@ def load_full_state(
 ) -> None:
     """Load full state dicts (every rank passes the same full dicts) into a possibly sharded model."""
     options = StateDictOptions(full_state_dict=True, strict=False)
-    set_model_state_dict(model, model_state, options=options)
+    try:
+        result = set_model_state_dict(model, model_state, options=options)
+    except RuntimeError as err:  # shapes differ: another model than the run's
+        first = str(err).strip().splitlines()
+        detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
+        raise CheckpointError(
+            f"the checkpoint does not fit this model (changed model settings?): {detail}"
+        ) from None
+    # Not strict only because a tied head is stored once, under the embedding's name.
+    tied = set(getattr(model, "_tied_weights_keys", None) or ())
+    if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        tied = set()
+    missing = [k for k in result.missing_keys if k not in tied]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            "the checkpoint does not fit this model (changed model settings?): "
+            f"missing {missing[:3]}, unexpected {list(result.unexpected_keys)[:3]}"
+        )
     if optimizer is not None and optimizer_state is not None:
         set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)
 

@@ -89,6 +89,14 @@ def test_resume_after_a_corrupt_checkpoint_reproduces_the_run_exactly(
         assert torch.equal(value, expected[key]), key
 
 
+def test_resuming_with_another_model_shape_is_refused(run_dir: Path, tmp_path: Path) -> None:
+    copy = _copy(run_dir, tmp_path)
+    shutil.rmtree(copy / "final")
+    config = RunConfig.from_yaml(copy / "config.yaml", ["model.shape.num_transformer_layers=3"])
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        pretrain(config, copy)
+
+
 def test_retention_keeps_the_newest(run_dir: Path, tmp_path: Path) -> None:
     copy = _copy(run_dir, tmp_path)
     apply_retention(copy, 2)
