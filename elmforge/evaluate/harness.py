@@ -76,8 +76,11 @@ class TaskClosure:
     groups: dict[str, Path]  # group -> its YAML
 
 
-def expand_tasks(names: Sequence[str], task_manager: Any = None) -> TaskClosure:
-    """The leaf tasks and groups behind ``names``; an unknown name is a one-line error."""
+def expand_tasks(
+    names: Sequence[str], task_manager: Any = None, local_data: bool = True
+) -> TaskClosure:
+    """The leaf tasks and groups behind ``names``; an unknown name is a one-line error, and so,
+    with ``local_data``, is a task defined in Python (its data cannot be redirected)."""
     from lm_eval.tasks._index import Kind
     from lm_eval.tasks._yaml_loader import load_yaml
 
@@ -103,7 +106,7 @@ def expand_tasks(names: Sequence[str], task_manager: Any = None) -> TaskClosure:
             members = load_yaml(entry.yaml_path, resolve_func=False).get("task") or []
             for member in members if isinstance(members, list) else [members]:
                 visit_member(member)
-        elif entry.kind == Kind.TASK:
+        elif entry.kind == Kind.TASK or not local_data:
             closure.leaves[name] = entry.yaml_path
         else:
             raise ElmforgeError(
@@ -216,7 +219,7 @@ def validate_request(
         raise ElmforgeError(f"--data-dir {data_dir}: no such directory")
     index = default_task_manager().task_index if runs else {}
     for shots, names in runs.items():
-        closure = expand_tasks(names)
+        closure = expand_tasks(names, local_data=data_dir is not None)
         if data_dir is None:
             continue
         for task in closure.leaves:
@@ -273,7 +276,7 @@ def run_lm_eval(
     """One ``lm_eval.simple_evaluate`` call; returns lm-eval's raw output and the data plans."""
     from lm_eval import simple_evaluate
 
-    closure = expand_tasks(task_names)
+    closure = expand_tasks(task_names, local_data=data_dir is not None)
     with contextlib.ExitStack() as stack:
         plans: dict[str, TaskDataPlan] = {}
         if data_dir is not None:
