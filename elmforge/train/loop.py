@@ -328,7 +328,9 @@ class _Trainer:
         model = OpenELMForCausalLM(self.model_config).to(env.device)
         model.train()
         if config.model.activation_checkpointing:
-            model.activation_checkpointing_enable()
+            # transformers 5.24 renamed gradient_checkpointing_enable (kept as a deprecated alias).
+            enable = getattr(model, "activation_checkpointing_enable", None)
+            (enable or model.gradient_checkpointing_enable)()
         self.model = dist_utils.shard_model(model, model.transformer.layers, env)
         self.forward = torch.compile(self.model) if config.model.compile else self.model
         self.schedule = WarmupCosineSchedule.from_config(config.optim, config.schedule)

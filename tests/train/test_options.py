@@ -6,8 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from elmforge import OpenELMConfig
+from elmforge.model.modeling import OpenELMFeedForwardNetwork
 from elmforge.train import RunConfig, pretrain
 from elmforge.train.checkpoint import clean_stale_temporaries
 from elmforge.train.logging import format_plain, use_progress_bar
@@ -24,24 +26,47 @@ def _run(tokenizer_dir: Path, out: Path, **sections: dict) -> list[dict]:
     return learning_curve(out)
 
 
-def test_activation_checkpointing_gives_the_same_losses(
-    bpe_tokenizer_dir: Path, tmp_path: Path
+def _count_calls(monkeypatch: pytest.MonkeyPatch, owner: object, name: str) -> list[int]:
+    """Count the calls of ``owner.name`` (a one-element list, so the caller sees updates)."""
+    original, calls = getattr(owner, name), [0]
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def test_activation_checkpointing_recomputes_and_gives_the_same_losses(
+    bpe_tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Counted inside the layer: the layer's own forward is what the checkpoint wrapper replays.
+    calls = _count_calls(monkeypatch, OpenELMFeedForwardNetwork, "forward")
     plain = _run(bpe_tokenizer_dir, tmp_path / "plain")
+    plain_calls, calls[0] = calls[0], 0
     recomputed = _run(bpe_tokenizer_dir, tmp_path / "ac", model={"activation_checkpointing": True})
+    assert calls[0] == 2 * plain_calls > 0  # every layer runs again in the backward pass
     assert [r["loss"] for r in recomputed] == pytest.approx([r["loss"] for r in plain], rel=1e-6)
 
 
 def test_bf16_autocast_trains_close_to_fp32(bpe_tokenizer_dir: Path, tmp_path: Path) -> None:
-    fp32 = _run(bpe_tokenizer_dir, tmp_path / "fp32")
-    bf16 = _run(bpe_tokenizer_dir, tmp_path / "bf16", train={"precision": "bf16"})
-    assert [r["loss"] for r in bf16] == pytest.approx([r["loss"] for r in fp32], rel=2e-2)
+    fp32 = [r["loss"] for r in _run(bpe_tokenizer_dir, tmp_path / "fp32")]
+    bf16 = [
+        r["loss"] for r in _run(bpe_tokenizer_dir, tmp_path / "bf16", train={"precision": "bf16"})
+    ]
+    assert bf16 == pytest.approx(fp32, rel=2e-2)
+    assert bf16 != fp32  # bf16 matmuls round differently: the option took effect
 
 
 @pytest.mark.slow
-def test_torch_compile_gives_the_same_losses(bpe_tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_torch_compile_gives_the_same_losses(
+    bpe_tokenizer_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     eager = _run(bpe_tokenizer_dir, tmp_path / "eager")
+    compiles = _count_calls(monkeypatch, torch, "compile")
     compiled = _run(bpe_tokenizer_dir, tmp_path / "compiled", model={"compile": True})
+    assert compiles[0] == 1
     assert [r["loss"] for r in compiled] == pytest.approx([r["loss"] for r in eager], rel=1e-4)
 
 
