@@ -69,7 +69,9 @@ class RunLogger:
         self.plain = progress != "none"
         if not enabled:
             return
-        self.records = [r for r in read_metrics(self.run_dir) if r.get("step", 0) <= start_step]
+        # A run killed before its first checkpoint starts again from step 0: drop all its lines.
+        kept = read_metrics(self.run_dir) if start_step else []
+        self.records = [r for r in kept if r.get("step", 0) <= start_step]
         # Rewrite the file with only the lines up to the resumed step (atomically).
         atomic_write_text(
             self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.records)
@@ -78,10 +80,11 @@ class RunLogger:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            # purge_step drops events a killed run wrote past the checkpoint we resume from.
+            # purge_step drops events a killed run wrote past the checkpoint we resume from
+            # (all of them when no checkpoint was reached).
             self.writer = SummaryWriter(
                 str(self.run_dir / TENSORBOARD_DIR),
-                purge_step=start_step + 1 if start_step else None,
+                purge_step=start_step + 1 if start_step else 0,
             )
         if use_progress_bar(progress):
             from tqdm import tqdm

@@ -17,3 +17,17 @@ def test_progress_bar_shows_an_interval_of_skipped_steps(tmp_path: Path, capsys)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["loss"] for line in lines] == [2.5, None]
     assert "loss=-" in capsys.readouterr().err
+
+
+def test_a_run_restarted_from_step_zero_does_not_repeat_lines(tmp_path: Path) -> None:
+    first = RunLogger(tmp_path, 0, 10, tensorboard=False, plot=False, progress="none")
+    first.log({"step": 0, "val_loss": 9.0})
+    first.log({"step": 5, "loss": 7.0})
+    first.close()  # killed before the first checkpoint: the rerun starts at step 0
+    again = RunLogger(tmp_path, 0, 10, tensorboard=False, plot=False, progress="none")
+    again.log({"step": 0, "val_loss": 9.0})
+    again.close()
+    steps = [
+        json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == [0]
