@@ -15,6 +15,7 @@ TEXTS = [
     "A bird and a fish met at the blue water under a small cloud.",
     "snow",
     "big red apple, green tree; slow wind, fast rain",
+    "café naïve façade, 東京 — bits per byte count UTF-8 bytes, not characters",
 ]
 
 
@@ -36,6 +37,7 @@ def test_whole_documents_equal_the_models_own_loss(tiny_model, tokenizer):
     assert result["loss"] == pytest.approx(total_nll / total_tokens, rel=1e-5)
     assert result["perplexity"] == pytest.approx(math.exp(total_nll / total_tokens), rel=1e-5)
     n_bytes = sum(len(t.encode()) for t in TEXTS)
+    assert n_bytes > sum(len(t) for t in TEXTS)
     assert result["bytes"] == n_bytes
     assert result["bits_per_byte"] == pytest.approx(total_nll / math.log(2) / n_bytes, rel=1e-5)
 
