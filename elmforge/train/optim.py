@@ -52,7 +52,9 @@ class WarmupCosineSchedule:
 
     CoreNet's ``cosine`` scheduler with ``is_iteration_based``: at step ``s`` (0-based, the step
     about to be taken) during warm-up ``init + (max - init) * s / warmup``; afterwards
-    ``min + (max - min) * (1 + cos(pi * (s - warmup) / (max_steps - warmup))) / 2``.
+    ``min + (max - min) * (1 + cos(pi * (s - warmup) / (max_steps - warmup))) / 2``, reaching
+    ``min`` exactly at ``max_steps`` (CoreNet divides by ``max_steps - warmup + 1``, a relative
+    difference of 1/345k in the period for the paper's configs).
     """
 
     max_lr: float
