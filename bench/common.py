@@ -1,30 +1,15 @@
-"""Shared helpers of the benchmark scripts: timing, tables, JSON results."""
+"""Shared helpers of the benchmark scripts: tables and JSON results."""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:

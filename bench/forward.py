@@ -10,20 +10,23 @@ result; the machines are shared and noisy):
 - ``uniform``: an elmforge model with uniform allocation (every layer the same) and about the
   same parameter count: the paper's comparison, asking whether layer-wise scaling costs speed.
 Prefill: one forward over a ``--prompt``-token prompt, tokens/s. Decode: ``--decode`` greedy
-steps with the KV cache, tokens/s. Writes ``bench/results/forward.json``.
+steps with the KV cache after an untimed prefill, tokens/s. The three models take turns in every
+repeat and the median is reported. Writes ``bench/results/forward.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, time_call, write_json
+from common import print_table, write_json
 from naive_openelm import NaiveOpenELM
 
 from elmforge import OpenELMConfig, OpenELMForCausalLM
@@ -56,13 +59,15 @@ def prefill_elmforge(model, prompt):
 
 
 @torch.no_grad()
-def decode_elmforge(model, prompt, steps):
+def decode_elmforge(model, prompt, steps) -> float:
+    """Seconds of ``steps`` greedy decode steps after a prefill of ``prompt`` (not timed)."""
     out = model(prompt, use_cache=True, logits_to_keep=1)
     cache, token = getattr(out, CACHE_FIELD), out.logits[:, -1:].argmax(-1)
+    start = time.perf_counter()
     for _ in range(steps):
         out = model(token, cache=cache, use_cache=True)
         token = out.logits[:, -1:].argmax(-1)
-    return token
+    return time.perf_counter() - start
 
 
 @torch.no_grad()
@@ -71,23 +76,37 @@ def prefill_naive(model, prompt):
 
 
 @torch.no_grad()
-def decode_naive(model, prompt, steps):
+def decode_naive(model, prompt, steps) -> float:
     cache = model.new_cache()
     token = model(prompt, cache)[:, -1:].argmax(-1)
+    start = time.perf_counter()
     for _ in range(steps):
         token = model(token, cache)[:, -1:].argmax(-1)
-    return token
+    return time.perf_counter() - start
 
 
-def measure(name, model, prefill, decode, prompt, steps, repeats):
-    t_prefill = time_call(lambda: prefill(model, prompt), repeats)
-    t_total = time_call(lambda: decode(model, prompt, steps), max(1, repeats // 2))
-    t_decode = max(t_total - t_prefill, 1e-9)
-    return {
-        "model": name,
-        "prefill_tok_s": prompt.shape[1] / t_prefill,
-        "decode_tok_s": steps / t_decode,
-    }
+def measure_interleaved(candidates, prompt, steps, repeats) -> list[dict]:
+    """Median prefill and decode rates of each model, the models taking turns in every repeat,
+    so a change in the machine's load during the run hits all of them alike."""
+    prefill_s = {name: [] for name, *_ in candidates}
+    decode_s = {name: [] for name, *_ in candidates}
+    for _, model, prefill, decode in candidates:  # warm-up: allocator, kernel choice
+        prefill(model, prompt)
+        decode(model, prompt, 2)
+    for _ in range(repeats):
+        for name, model, prefill, decode in candidates:
+            start = time.perf_counter()
+            prefill(model, prompt)
+            prefill_s[name].append(time.perf_counter() - start)
+            decode_s[name].append(decode(model, prompt, steps))
+    return [
+        {
+            "model": name,
+            "prefill_tok_s": prompt.shape[1] / statistics.median(prefill_s[name]),
+            "decode_tok_s": steps / statistics.median(decode_s[name]),
+        }
+        for name, *_ in candidates
+    ]
 
 
 def main() -> None:
@@ -98,7 +117,7 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--decode", type=int, default=64)
     parser.add_argument("--dtypes", default="fp32,bf16")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--name", default="OpenELM-270M")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
@@ -128,16 +147,18 @@ def main() -> None:
     rows = []
     for dtype_name in args.dtypes.split(","):
         dtype = DTYPES[dtype_name]
-        for name, model, prefill, decode in [
+        candidates = [
             ("elmforge", elmforge_model, prefill_elmforge, decode_elmforge),
             ("naive", naive, prefill_naive, decode_naive),
             ("uniform", uniform, prefill_elmforge, decode_elmforge),
-        ]:
+        ]
+        for _, model, *_ in candidates:
             model.to(dtype)
-            row = measure(name, model, prefill, decode, prompt, args.decode, args.repeats)
+        for row in measure_interleaved(candidates, prompt, args.decode, args.repeats):
             rows.append({"dtype": dtype_name, **row})
+        for _, model, *_ in candidates:
             model.to(torch.float32)
-            print(f"  measured {dtype_name} {name}", flush=True)
+        print(f"  measured {dtype_name}", flush=True)
     by = {(r["dtype"], r["model"]): r for r in rows}
     for row in rows:
         base = by[(row["dtype"], "naive")]
