@@ -20,3 +20,9 @@ class CheckpointError(ElmforgeError):
 
 class DataError(ElmforgeError):
     """A data source, shard or row cannot be read."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of a library's error message (its type when empty), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

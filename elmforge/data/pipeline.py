@@ -54,7 +54,6 @@ from elmforge.data.sources import (
     iter_texts,
     normalize_source,
     resolve_source,
-    source_name,
 )
 from elmforge.errors import ConfigError, DataError, ElmforgeError
 
@@ -159,7 +158,7 @@ class DataConfig:
         if split == "validation":
             # Files have no split of their own: validating on them would score training data.
             for i, spec in enumerate(self.sources):
-                if not source_name(normalize_source(spec)).startswith(("builtin:", "hf:")):
+                if "file_name" in normalize_source(spec):
                     raise ConfigError(
                         f"data.sources[{i}]: files have no validation split; set "
                         "data.validation_sources to held-out shards"

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from elmforge.errors import CheckpointError, ElmforgeError
+from elmforge.errors import CheckpointError, ElmforgeError, first_line
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # Both spellings are accepted: the short ones of run configs and the long ones of transformers.
@@ -68,7 +68,8 @@ def find_tokenizer(model_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
     from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE, default_tokenizer_path
 
     llama2 = default_tokenizer_path()
-    if llama2 is not None and _vocab_size(model_dir) == LLAMA2_VOCAB_SIZE:
+    config = _config_json(model_dir) or {}
+    if llama2 is not None and config.get("vocab_size") == LLAMA2_VOCAB_SIZE:
         return llama2
     example = f", e.g. --tokenizer {llama2}" if llama2 else ""
     raise ElmforgeError(
@@ -77,18 +78,19 @@ def find_tokenizer(model_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
     )
 
 
-def _vocab_size(model_dir: Path) -> int | None:
+def _config_json(model_dir: Path) -> dict[str, Any] | None:
+    """The directory's config.json as a dict, None if it cannot be read as one."""
     try:
-        return json.loads((model_dir / "config.json").read_text()).get("vocab_size")
-    except (OSError, ValueError, AttributeError):
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError):
         return None
+    return config if isinstance(config, dict) else None
 
 
 def _is_openelm_dir(model_dir: Path) -> bool:
-    try:
-        return json.loads((model_dir / "config.json").read_text()).get("model_type") == "openelm"
-    except (OSError, ValueError, AttributeError):
-        return True  # let the OpenELM loader report what is wrong with the file
+    config = _config_json(model_dir)
+    # An unreadable config.json goes to the OpenELM loader, which says what is wrong with it.
+    return config is None or config.get("model_type") == "openelm"
 
 
 def local_model_dir(path_or_name: str | os.PathLike) -> Path | None:
@@ -130,8 +132,7 @@ def load_model(
             spec, dtype=torch_dtype, trust_remote_code=False
         )
     except (OSError, ValueError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{spec}: cannot load the model ({first_line})") from None
+        raise CheckpointError(f"{spec}: cannot load the model ({first_line(err)})") from None
     return model.to(device).eval()
 
 

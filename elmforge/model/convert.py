@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from transformers.initialization import no_init_weights
 
-from elmforge.errors import CheckpointError
+from elmforge.errors import CheckpointError, first_line
 from elmforge.model.config import OpenELMConfig
 from elmforge.model.modeling import OpenELMForCausalLM
 
@@ -39,8 +39,9 @@ def load_corenet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as err:  # truncated zip, not a torch file, pickled code, ...
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint ({first_line(err)})"
+        ) from None
     while isinstance(obj, Mapping):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
@@ -185,14 +186,14 @@ def load_pretrained(
     try:
         config = OpenELMConfig.from_pretrained(model_dir)
     except (OSError, ValueError) as err:
-        raise CheckpointError(f"{model_dir / 'config.json'}: {_first_line(err)}") from None
+        raise CheckpointError(f"{model_dir / 'config.json'}: {first_line(err)}") from None
     if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
         raise CheckpointError(f"{model_dir}: no model weights (*.safetensors)")
     _check_safetensors(model_dir)
     try:
         model = OpenELMForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype or "auto")
     except Exception as err:
-        raise CheckpointError(f"{model_dir}: cannot load weights ({_first_line(err)})") from None
+        raise CheckpointError(f"{model_dir}: cannot load weights ({first_line(err)})") from None
     return model.to(device).eval()
 
 
@@ -205,7 +206,7 @@ def _check_safetensors(model_dir: Path) -> None:
             with safe_open(file, "pt") as handle:
                 keys = list(handle.keys())
         except Exception as err:
-            raise CheckpointError(f"{file}: corrupt or truncated ({_first_line(err)})") from None
+            raise CheckpointError(f"{file}: corrupt or truncated ({first_line(err)})") from None
         header_end = _safetensors_data_end(file)
         if header_end is not None and file.stat().st_size < header_end:
             raise CheckpointError(
@@ -227,8 +228,3 @@ def _safetensors_data_end(file: Path) -> int | None:
         header = json.loads(handle.read(header_len))
     ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
     return 8 + header_len + max(ends, default=0)
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from elmforge.errors import CheckpointError
+from elmforge.errors import CheckpointError, first_line
 
 CHECKPOINTS_DIR = "checkpoints"
 MODEL_DIR = "model"
@@ -311,8 +311,7 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
         rng_states = torch.load(directory / RNG_STATE, weights_only=True)
         trainer_state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
     except (OSError, RuntimeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{directory}: cannot load ({first})") from None
+        raise CheckpointError(f"{directory}: cannot load ({first_line(err)})") from None
     return {
         "model": model_state,
         "optimizer": optimizer_state,

@@ -25,7 +25,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from elmforge.errors import CheckpointError
+from elmforge.errors import CheckpointError, first_line
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ def load_full_state(
     try:
         result = set_model_state_dict(model, model_state, options=options)
     except RuntimeError as err:  # shapes differ: another model than the run's
-        first = str(err).strip().splitlines()
-        detail = next((line.strip() for line in first if "size mismatch" in line), first[0])
+        lines = str(err).splitlines()
+        detail = next((line.strip() for line in lines if "size mismatch" in line), first_line(err))
         raise CheckpointError(
             f"the checkpoint does not fit this model (changed model settings?): {detail}"
         ) from None

@@ -119,14 +119,11 @@ class RunLogger:
             self.writer.flush()
         if self.bar is not None:
             # A value is None when every step since the last line was skipped (non-finite).
-            postfix = {
-                "loss": _fixed(record.get("loss"), ".4f"),
-                "val": _fixed(record.get("val_loss"), ".4f"),
-                "lr": _fixed(record.get("lr"), ".2e"),
-                "tok/s": _fixed(record.get("tokens_per_s"), ",.0f"),
-            }
-            if record.get("val_loss") is None:
-                del postfix["val"]
+            postfix = {"loss": _fixed(record.get("loss"), ".4f")}
+            if record.get("val_loss") is not None:
+                postfix["val"] = f"{record['val_loss']:.4f}"
+            postfix["lr"] = _fixed(record.get("lr"), ".2e")
+            postfix["tok/s"] = _fixed(record.get("tokens_per_s"), ",.0f")
             self.bar.set_postfix(postfix, refresh=True)
         elif self.plain:
             print(format_plain(record), flush=True)
