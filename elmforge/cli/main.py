@@ -28,6 +28,13 @@ VERB_MODULES: dict[str, str] = {
     "pretrain": "pretrain",
     "average": "average",
     "evaluate": "evaluate",
+    "finetune": "finetune",
+    "merge-adapter": "finetune",
+    "chat": "chat",
+    "serve": "serve",
+    "prepare": "prepare",
+    "bench": "bench",
+    "study": "study",
 }
 
 

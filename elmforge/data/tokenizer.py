@@ -28,15 +28,34 @@ LLAMA2_VOCAB_SIZE = 32000
 _NORMAL, _USER_DEFINED, _UNUSED, _BYTE = 1, 4, 5, 6
 
 
+LLAMA2_TOKENIZER_ENV = "ELMFORGE_LLAMA2_TOKENIZER"
+
+
+def user_cache_dir() -> Path:
+    """elmforge's per-user cache: ``$XDG_CACHE_HOME/elmforge`` (``~/.cache/elmforge``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "elmforge"
+
+
 def default_tokenizer_path() -> Path | None:
-    """The LLaMA-2 ``tokenizer.model`` under ``shared/data`` (or ``$ELMFORGE_SHARED``), if present."""
+    """Where the LLaMA-2 ``tokenizer.model`` is, if anywhere, looked up in this order:
+
+    1. ``$ELMFORGE_LLAMA2_TOKENIZER`` (a file);
+    2. the user cache, ``$XDG_CACHE_HOME/elmforge/llama2-tokenizer.model``;
+    3. development fallback: ``$ELMFORGE_SHARED/data/`` or the ``shared/data/`` directory beside a
+       source checkout.
+
+    ``--tokenizer PATH`` on any verb takes precedence over all of these.
+    """
     candidates = []
+    if os.environ.get(LLAMA2_TOKENIZER_ENV):
+        candidates.append(Path(os.environ[LLAMA2_TOKENIZER_ENV]).expanduser())
+    candidates.append(user_cache_dir() / LLAMA2_TOKENIZER_FILE)
     if os.environ.get("ELMFORGE_SHARED"):
         candidates.append(Path(os.environ["ELMFORGE_SHARED"]) / "data" / LLAMA2_TOKENIZER_FILE)
-    candidates.append(
-        Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / LLAMA2_TOKENIZER_FILE
-    )
-    candidates.append(Path.cwd() / ".." / "shared" / "data" / LLAMA2_TOKENIZER_FILE)
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():  # a source checkout, not an installed wheel
+        candidates.append(checkout.parent / "shared" / "data" / LLAMA2_TOKENIZER_FILE)
     for path in candidates:
         if path.is_file():
             return path.resolve()

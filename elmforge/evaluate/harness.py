@@ -461,7 +461,7 @@ def evaluate_model(
             "model": describe_model(model, model_name, device),
             "tokenizer": describe_tokenizer(tokenizer, tokenizer_name),
             "versions": versions(),
-            "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "settings": {
                 "suite": suite,
                 "tasks": list(SUITES[suite]) if suite is not None else list(tasks or []),

@@ -1,13 +1,16 @@
 """One way to load a model with its tokenizer, for every verb that runs a model.
 
-``generate``, ``evaluate`` and the demo all go through :func:`load_model_and_tokenizer`, so the
-dtype and device rules, the tokenizer lookup and the one-line errors are the same everywhere.
+``generate``, ``evaluate``, ``chat``, ``serve``, ``bench`` and the demo all go through
+:func:`load`, which returns one :class:`LoadedModel` record (model, tokenizer, directory, device,
+dtype), so the dtype and device rules, the tokenizer lookup, PEFT adapters and the one-line errors
+are the same everywhere.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +137,82 @@ def load_model(
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{spec}: cannot load the model ({first_line(err)})") from None
     return model.to(device).eval()
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to run, with everything a verb needs to know about it."""
+
+    model: Any
+    """The causal LM, in eval mode on ``device`` (adapters merged in, if any)."""
+    tokenizer: Any
+    """Its tokenizer object."""
+    directory: Path | None
+    """The local model directory, None for a hub name."""
+    name: str
+    """What the user passed (directory or hub name), for reports."""
+    device: str
+    """The resolved device (``cpu``, ``cuda``, ``cuda:1``...)."""
+    dtype: torch.dtype
+    """The weights' dtype."""
+    adapter: Path | None = None
+    """The PEFT adapter directory merged into the model, if any."""
+
+
+def load(
+    path_or_name: str | os.PathLike,
+    *,
+    tokenizer: Any = None,
+    adapter: str | os.PathLike | None = None,
+    device: str = "auto",
+    dtype: str | torch.dtype | None = "auto",
+) -> LoadedModel:
+    """Load a model directory (or hub name) with its tokenizer and, optionally, a PEFT adapter.
+
+    ``tokenizer`` is a tokenizer object, a spec (``tokenizer.model``, a directory, a hub name) or
+    None for the model's own (see :func:`find_tokenizer`); it is checked before the model loads.
+    ``adapter`` is a PEFT adapter directory (``adapter_config.json``), merged into the weights
+    after loading so inference runs at the base model's speed.
+    """
+    from elmforge.data.tokenizer import load_tokenizer
+
+    model_dir = local_model_dir(path_or_name)
+    spec = find_tokenizer(model_dir or path_or_name, tokenizer)
+    tokenizer = load_tokenizer(spec) if isinstance(spec, (str, os.PathLike)) else spec
+    resolved_device = pick_device(device)
+    torch_dtype = resolve_dtype(dtype, resolved_device)
+    model = load_model(model_dir or path_or_name, device=resolved_device, dtype=torch_dtype)
+    adapter_dir = None
+    if adapter is not None:
+        adapter_dir = Path(adapter)
+        model = merge_adapter(model, adapter_dir)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        directory=model_dir,
+        name=str(path_or_name),
+        device=resolved_device,
+        dtype=torch_dtype,
+        adapter=adapter_dir,
+    )
+
+
+def merge_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
+    """``model`` with the PEFT adapter in ``adapter_dir`` merged into its weights."""
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").is_file():
+        raise CheckpointError(
+            f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)"
+        )
+    from peft import PeftModel
+
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    except Exception as err:  # peft raises ValueError, KeyError, RuntimeError (shapes) alike
+        raise CheckpointError(
+            f"{adapter_dir}: cannot apply the adapter ({first_line(err)})"
+        ) from None
+    return peft_model.merge_and_unload().eval()
 
 
 def load_model_and_tokenizer(

@@ -1,0 +1,104 @@
+"""Atomic writes and the output rule: what a verb may replace, and what it never touches."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from elmforge.errors import ElmforgeError
+from elmforge.files import (
+    OUTPUT_MARKER,
+    atomic_directory,
+    atomic_write_text,
+    claim_output,
+    clean_temporaries,
+    output_verb,
+)
+
+
+def make_run(root):
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "config.yaml").write_text("seed: 0\n")
+    (root / "metrics.jsonl").write_text("")
+    return root
+
+
+def test_atomic_write_honours_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "a" / "x.txt", "hello")
+        with atomic_directory(tmp_path / "d", verb="average") as tmp:
+            (tmp / "f").write_text("1")
+    finally:
+        os.umask(old)
+    assert path.read_text() == "hello"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "d").stat().st_mode) == 0o755
+    assert output_verb(tmp_path / "d") == "average"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_failed_write_leaves_old_content_and_no_temporaries(tmp_path):
+    target = tmp_path / "out"
+    with atomic_directory(target, verb="v") as tmp:
+        (tmp / "f").write_text("old")
+    with pytest.raises(RuntimeError), atomic_directory(target, verb="v") as tmp:
+        (tmp / "f").write_text("new")
+        raise RuntimeError("boom")
+    assert (target / "f").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_writing_a_file_onto_a_directory_is_refused(tmp_path):
+    with pytest.raises(ElmforgeError, match="is a directory"):
+        atomic_write_text(tmp_path, "x")
+
+
+def test_clean_temporaries(tmp_path):
+    (tmp_path / ".x.tmp-1-abc").mkdir()
+    (tmp_path / ".y.old-2").write_text("")
+    (tmp_path / "keep").write_text("")
+    clean_temporaries(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+
+
+def test_claim_output_rules(tmp_path):
+    run = make_run(tmp_path / "run")
+    with pytest.raises(ElmforgeError, match="run directory"):
+        claim_output(run, "average", force=True)
+    for name in ("checkpoints", "final", "config.yaml", "tb"):
+        with pytest.raises(ElmforgeError, match="belongs to the run"):
+            claim_output(run / name, "average", force=True)
+    with pytest.raises(ElmforgeError, match="belongs to the run"):
+        claim_output(run / "config.yaml", "convert", force=True, kind="file")
+    assert claim_output(run / "averaged", "average") == run / "averaged"
+    averaged = run / "averaged"
+    averaged.mkdir()
+    (averaged / OUTPUT_MARKER).write_text('{"verb": "average"}')
+    (averaged / "model.safetensors").write_text("")
+    with pytest.raises(ElmforgeError, match="--force"):
+        claim_output(averaged, "average")
+    assert claim_output(averaged, "average", force=True) == averaged
+    with pytest.raises(ElmforgeError, match="belongs to the run"):
+        claim_output(averaged, "convert", force=True)
+    outside = tmp_path / "outside"
+    with atomic_directory(outside, verb="average") as tmp:
+        (tmp / "model.safetensors").write_text("")
+    with pytest.raises(ElmforgeError, match="output of `elmforge average`"):
+        claim_output(outside, "convert", force=True)
+    other = tmp_path / "user-data"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(ElmforgeError, match="not an elmforge output"):
+        claim_output(other, "average", force=True)
+    assert claim_output(tmp_path / "empty-or-new", "average") == tmp_path / "empty-or-new"
+    with pytest.raises(ElmforgeError, match="not a directory"):
+        claim_output(other / "notes.txt", "average")
+    with pytest.raises(ElmforgeError, match="--force"):
+        claim_output(other / "notes.txt", "convert", kind="file")
+    with pytest.raises(ElmforgeError, match="inside the input"):
+        claim_output(other / "sub", "convert", inputs=(other,))
+    with pytest.raises(ElmforgeError, match="contain the input"):
+        claim_output(tmp_path, "convert", inputs=(other,), force=True)
