@@ -13,8 +13,10 @@ import json
 import time
 from pathlib import Path
 
+from elmforge.config import add_config_flags, overrides_of
+from elmforge.train.config import RunConfig
+
 DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
-TOKENIZER_SOURCES = ("builtin:python-stdlib", "builtin:python-docs")
 PROMPT = "def read_config(path):\n"
 
 
@@ -31,57 +33,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--average-last", type=int, default=3, help="checkpoints to average (3)")
     p.add_argument("--eval-documents", type=int, default=200, help="validation documents (200)")
     p.add_argument("--prompt", default=PROMPT, help="text to continue at the end")
-    # Any other `--section.key value` flag overrides the run config, as for `elmforge pretrain`.
-    p.set_defaults(run=run, accepts_overrides=True, overrides=[])
-
-
-def _tokenizer_texts(max_chars: int = 6_000_000):
-    """Train the tokenizer on a bounded prefix of both built-in sources' training splits."""
-    from elmforge.data.sources import iter_texts
-
-    budget = max_chars // len(TOKENIZER_SOURCES)
-    for source in TOKENIZER_SOURCES:
-        used = 0
-        for text in iter_texts({"name": source}, split="train"):
-            yield text
-            used += len(text)
-            if used >= budget:
-                break
-
-
-def demo_tokenizer(out: Path, vocab_size: int):
-    from elmforge.data.tokenizer import load_tokenizer, train_bpe_tokenizer
-
-    directory = out / "tokenizer"
-    if (directory / "tokenizer.json").is_file():
-        return directory, load_tokenizer(directory)
-    print(f"[demo] training a {vocab_size}-token BPE tokenizer on the built-in corpus")
-    return directory, train_bpe_tokenizer(_tokenizer_texts(), vocab_size, directory)
+    # Every run-config key is a flag, as for `elmforge pretrain`.
+    add_config_flags(p, RunConfig, "run config overrides (see docs/pretrain.md)")
+    p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from elmforge.data.sources import iter_texts
+    from elmforge.data.tokenizer import load_tokenizer
     from elmforge.evaluate.perplexity import perplexity
     from elmforge.infer.generate import SamplingOptions, generate_text
     from elmforge.model.convert import load_pretrained
     from elmforge.train.checkpoint import average_checkpoints, list_checkpoints
-    from elmforge.train.config import RunConfig
     from elmforge.train.loop import pretrain
+    from elmforge.train.run_dir import RunDir
 
     started = time.perf_counter()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tokenizer_dir, tokenizer = demo_tokenizer(out, args.vocab_size)
-    overrides = [
-        f"--data.tokenizer={tokenizer_dir}",
-        f"--model.vocab_size={len(tokenizer)}",
-        *args.overrides,
-    ]
-    config = RunConfig.from_yaml(args.config, overrides)
+    # The demo's own small BPE tokenizer (trained on the corpus by the run), whatever the config
+    # says; flags given on the command line still win.
+    overrides = ["data.tokenizer=bpe", f"data.bpe_vocab_size={args.vocab_size}"]
+    config = RunConfig.from_yaml(args.config, [*overrides, *overrides_of(args)])
     run_dir = out / "run"
     print(f"[demo] pretraining {config.model.name} into {run_dir}")
     final_dir = pretrain(config, run_dir)
-    tokenizer.save_pretrained(final_dir)
+    tokenizer = load_tokenizer(RunDir(run_dir).tokenizer)
 
     checkpoints = list_checkpoints(run_dir)[-args.average_last :]
     averaged_dir = out / "averaged"

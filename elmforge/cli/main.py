@@ -2,9 +2,8 @@
 
 Each verb lives in its own module ``elmforge.cli.<module>`` exposing ``add_parser(subparsers)``
 (registers the verb and its flags) and ``run(args) -> int``. Verb modules only parse and call one
-library function, so tests can call the library directly. A verb that takes dotted run-config
-overrides (``--optim.lr 1e-3``) calls ``p.set_defaults(accepts_overrides=True)`` and finds them,
-unparsed, in ``args.overrides``.
+library function, so tests can call the library directly. Verbs that train take dotted run-config
+overrides through the flags :func:`elmforge.config.add_config_flags` generates.
 """
 
 from __future__ import annotations
@@ -62,13 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    # Verbs that take run-config overrides (`--optim.lr 1e-3`) set `accepts_overrides=True`;
-    # the flags argparse does not know reach them as `args.overrides`, a list of strings.
-    args, extra = parser.parse_known_args(argv)
-    if extra:
-        if not getattr(args, "accepts_overrides", False):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        args.overrides = [*(getattr(args, "overrides", None) or []), *extra]
+    args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
     except ElmforgeError as err:

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from elmforge.errors import ConfigError
-
-_OVERRIDE_PREFIX = "override:"
+from elmforge.config import add_config_flags, overrides_of
+from elmforge.train.config import RunConfig
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from elmforge.train.config import documented_keys
-
     p = subparsers.add_parser(
         "pretrain",
         help="pretrain an OpenELM model (resumes automatically from --out)",
@@ -33,41 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the resolved config as YAML and exit without training",
     )
-    p.add_argument(
-        "--set",
-        dest="set_overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any key, including model.shape.* (repeatable)",
-    )
-    overrides = p.add_argument_group("config overrides (see docs/pretrain.md)")
-    for key, doc in documented_keys().items():
-        overrides.add_argument(
-            f"--{key}",
-            dest=_OVERRIDE_PREFIX + key,
-            metavar="VALUE",
-            default=argparse.SUPPRESS,
-            help=doc.replace("%", "%%"),
-        )
+    add_config_flags(p, RunConfig, "config overrides (see docs/pretrain.md)")
     p.set_defaults(run=run)
 
 
-def overrides_of(args: argparse.Namespace) -> list[str]:
-    given = [
-        f"{dest[len(_OVERRIDE_PREFIX) :]}={value}"
-        for dest, value in vars(args).items()
-        if dest.startswith(_OVERRIDE_PREFIX)
-    ]
-    for item in args.set_overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item}: expected KEY=VALUE")
-        given.append(item)
-    return given
-
-
 def run(args: argparse.Namespace) -> int:
-    from elmforge.train.config import RunConfig
     from elmforge.train.loop import pretrain
 
     overrides = overrides_of(args)

@@ -31,7 +31,6 @@ How the stream is built
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import math
 import os
@@ -39,11 +38,12 @@ import string
 import sys
 import unicodedata
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from elmforge.data.config import IGNORE_INDEX, DataConfig, load_data_config
 from elmforge.data.sources import (
     BadRow,
     ResolvedSource,
@@ -52,118 +52,11 @@ from elmforge.data.sources import (
     iter_rows,
     iter_shard_rows,
     iter_texts,
-    normalize_source,
     resolve_source,
 )
 from elmforge.errors import ConfigError, DataError, ElmforgeError
 
 STATE_VERSION = 1
-MODES = ("packing", "padding")
-IGNORE_INDEX = -100
-
-
-@dataclass
-class DataConfig:
-    """The ``data:`` section of a pretraining config."""
-
-    sources: list[dict[str, Any]] = field(
-        default_factory=lambda: [{"name": "builtin:python-stdlib"}]
-    )
-    """Sources: ``{file_name, text_key, file_id_range, weight}`` or ``{name: builtin:...|hf:...}``."""
-    tokenizer: str | None = None
-    """A ``tokenizer.model`` file, a tokenizer directory or a hub name (None: LLaMA-2 in shared/)."""
-    min_characters: int = 200
-    """Drop a text whose lower-cased, punctuation-free, whitespace-collapsed form is shorter."""
-    min_tokens: int = 256
-    """Drop a text with fewer tokens (bos/eos not counted)."""
-    seq_len: int = 2048
-    """Tokens per training sequence (each piece holds seq_len + 1 tokens: inputs and labels)."""
-    mode: str = "packing"
-    """``packing`` (documents concatenated, no padding) or ``padding`` (one document per row)."""
-    seed: int = 0
-    """Seed of the shard order, the shuffle blocks and the source mixing."""
-    shuffle_buffer: int = 256
-    """Rows read, filtered and tokenised together, then emitted in a seeded order (1: none)."""
-    max_bad_rows: int = 0
-    """Unreadable rows/shards a reader skips (and counts) per pass over a source before failing."""
-    chunk_characters: int = 2000
-    """Long documents are tokenised in word chunks of about this many characters (faster)."""
-    validation_sources: list[dict[str, Any]] | None = None
-    """Sources of the validation split (None: the sources' own validation split, builtin/hf)."""
-
-    def __post_init__(self) -> None:
-        self._validate()
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None, where: str = "data") -> DataConfig:
-        """Build from the YAML ``data:`` mapping; unknown keys and bad values raise ConfigError."""
-        if data is not None and not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-        data = dict(data or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in data:
-            if key not in known:
-                raise ConfigError(f"{where}.{key}: unknown key (known: {', '.join(sorted(known))})")
-        config = cls.__new__(cls)
-        for f in dataclasses.fields(cls):
-            default = (
-                f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            )  # type: ignore[misc]
-            setattr(config, f.name, data.get(f.name, default))
-        config._validate(where)
-        return config
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def _validate(self, where: str = "data") -> None:
-        def integer(name: str, minimum: int) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                raise ConfigError(f"{where}.{name}: {value!r} must be an integer >= {minimum}")
-
-        for name, minimum in (
-            ("min_characters", 0),
-            ("min_tokens", 0),
-            ("seq_len", 1),
-            ("seed", 0),
-            ("shuffle_buffer", 1),
-            ("max_bad_rows", 0),
-            ("chunk_characters", 16),
-        ):
-            integer(name, minimum)
-        if self.mode not in MODES:
-            raise ConfigError(f"{where}.mode: {self.mode!r} must be one of {', '.join(MODES)}")
-        if self.tokenizer is not None and not isinstance(self.tokenizer, (str, os.PathLike)):
-            raise ConfigError(f"{where}.tokenizer: expected a path or hub name")
-        if self.tokenizer is not None:
-            self.tokenizer = str(self.tokenizer)
-        for key in ("sources", "validation_sources"):
-            value = getattr(self, key)
-            if value is None and key == "validation_sources":
-                continue
-            if isinstance(value, (str, dict)):
-                value = [value]
-            if not isinstance(value, list) or not value:
-                raise ConfigError(f"{where}.{key}: expected a non-empty list of sources")
-            setattr(
-                self,
-                key,
-                [normalize_source(s, f"{where}.{key}[{i}]") for i, s in enumerate(value)],
-            )
-
-    def sources_for(self, split: str) -> list[dict[str, Any]]:
-        if split == "validation" and self.validation_sources:
-            return self.validation_sources
-        if split == "validation":
-            # Files have no split of their own: validating on them would score training data.
-            for i, spec in enumerate(self.sources):
-                if "file_name" in normalize_source(spec):
-                    raise ConfigError(
-                        f"data.sources[{i}]: files have no validation split; set "
-                        "data.validation_sources to held-out shards"
-                    )
-        return self.sources
 
 
 # --- documents -> tokens ---------------------------------------------------------------------
@@ -854,12 +747,9 @@ def inspect(
     plus ``samples`` decoded sequences. Returns ``{"sources": [...], "total": {...}}``."""
     resolved = _resolve_all(config, split)  # a source without files is reported first
     if tokenizer is None:
-        from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
+        from elmforge.data.tokenizer_choice import resolve_tokenizer
 
-        spec = config.tokenizer or default_tokenizer_path()
-        if spec is None:
-            raise ConfigError("data.tokenizer: not set and no LLaMA-2 tokenizer under shared/data")
-        tokenizer = load_tokenizer(spec)
+        tokenizer, _ = resolve_tokenizer(config)
     processor = DocumentProcessor(tokenizer, config)
     length = config.seq_len + 1
     reports = []
@@ -918,25 +808,6 @@ def _batched(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
 
 
 # --- configs and reports for the CLI --------------------------------------------------------
-
-
-def load_data_config(path: str | os.PathLike) -> DataConfig:
-    """The ``data:`` section of a YAML file (or the whole file if it has no ``data:`` key)."""
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as handle:
-            document = yaml.safe_load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        problem = str(err).replace("\n", " ")
-        raise ConfigError(f"{path}: not a readable YAML file ({problem})") from None
-    if not isinstance(document, dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'data:' section")
-    if "data" in document:
-        return DataConfig.from_dict(document["data"], where=f"{path}: data")
-    return DataConfig.from_dict(document, where=f"{path}: data")
 
 
 def iter_training_texts(

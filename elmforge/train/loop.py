@@ -3,8 +3,8 @@
 One function drives a run from one CPU process to many GPU processes under ``torchrun``:
 
 1. join the process group (if launched by torchrun), seed everything;
-2. resolve the tokenizer (``data.tokenizer: auto`` = LLaMA-2 if present, else BPE trained on the
-   training sources, saved under ``OUT/tokenizer``) and build the model (FSDP2-sharded when
+2. resolve the tokenizer (``elmforge.data.tokenizer_choice``: a trained BPE is kept in
+   ``OUT/tokenizer``) and build the model (FSDP2-sharded when
    distributed; optional activation checkpointing and ``torch.compile``);
 3. resume from the newest intact checkpoint under ``OUT/checkpoints`` if any: weights, AdamW
    state, step, every rank's data-loader state and RNG states, so the continued run is bit-for-bit
@@ -29,13 +29,15 @@ import dataclasses
 import math
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from elmforge.data.config import IGNORE_INDEX
+from elmforge.data.tokenizer_choice import resolve_tokenizer
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.train import distributed as dist_utils
 from elmforge.train.checkpoint import (
@@ -53,11 +55,9 @@ from elmforge.train.checkpoint import (
 )
 from elmforge.train.config import RunConfig
 from elmforge.train.logging import RunLogger
-from elmforge.train.optim import IGNORE_INDEX, WarmupCosineSchedule, build_optimizer, loss_sums
+from elmforge.train.optim import WarmupCosineSchedule, build_optimizer, loss_sums
+from elmforge.train.run_dir import RunDir
 
-FINAL_DIR = "final"
-BPE_TRAINING_CHARACTERS = 8_000_000
-TOKENIZER_DIR = "tokenizer"
 # Peak dense bf16 FLOP/s of common accelerators, for the MFU estimate (vendor datasheets).
 GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
                   "L4": 121e12, "V100": 125e12, "T4": 65e12, "RTX 4090": 165e12}  # fmt: skip
@@ -80,50 +80,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def resolve_tokenizer(config: RunConfig, out_dir: Path, env: dist_utils.DistEnv) -> tuple[Any, str]:
-    """The tokenizer object and the spec (a path) it was loaded from.
-
-    ``data.tokenizer``: a path or hub name; null = the LLaMA-2 model under shared/data (an error
-    if absent); ``auto`` = LLaMA-2 if present, else ``bpe``; ``bpe`` = a byte-level BPE of
-    ``bpe_vocab_size`` tokens trained on the training sources, kept in ``OUT/tokenizer``.
-    """
-    from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
-
-    spec = config.data.tokenizer
-    if spec not in (None, "auto", "bpe"):
-        return load_tokenizer(spec), str(spec)
-    llama = default_tokenizer_path() if spec != "bpe" else None
-    if llama is not None:
-        return load_tokenizer(llama), str(llama)
-    if spec is None:
-        raise ConfigError(
-            "data.tokenizer: not set, and the LLaMA-2 tokenizer is not under shared/data; set "
-            "data.tokenizer to a tokenizer.model file or directory (or 'auto' / 'bpe' to train one)"
-        )
-    # No LLaMA-2 model here: train a BPE tokenizer on the training sources once per run.
-    trained = out_dir / TOKENIZER_DIR
-    if env.is_main and not (trained / "tokenizer.json").is_file():
-        from elmforge.data.sources import iter_texts
-        from elmforge.data.tokenizer import train_bpe_tokenizer
-
-        sources = config.data.sources_for("train")
-        budget = BPE_TRAINING_CHARACTERS // len(sources)
-
-        def texts() -> Iterator[str]:
-            # A bounded prefix of every source: enough for a BPE vocabulary, minutes saved.
-            for source in sources:
-                used = 0
-                for text in iter_texts(source, "train"):
-                    yield text
-                    used += len(text)
-                    if used >= budget:
-                        break
-
-        train_bpe_tokenizer(texts(), config.bpe_vocab_size, trained)
-    dist_utils.barrier(env)
-    return load_tokenizer(trained), str(trained)
 
 
 def build_model_config(config: RunConfig, tokenizer: Any) -> Any:
@@ -311,7 +267,13 @@ class _Trainer:
         dist_utils.barrier(env)
         seed_everything(config.seed)
         if tokenizer is None:
-            tokenizer, tokenizer_spec = resolve_tokenizer(config, out_dir, env)
+            tokenizer, tokenizer_spec = resolve_tokenizer(
+                config.data,
+                RunDir(out_dir).tokenizer,
+                is_main=env.is_main,
+                barrier=lambda: dist_utils.barrier(env),
+                report=print if env.is_main else (lambda message: None),
+            )
         else:
             tokenizer_spec = str(getattr(tokenizer, "name_or_path", "") or "given")
         self.tokenizer = tokenizer
@@ -467,7 +429,7 @@ class _Trainer:
         if trainer:
             counters.update({k: trainer[k] for k in counters if k in trainer})
         if env.is_main:
-            atomic_write_text(self.out_dir / "config.yaml", config.to_yaml())
+            atomic_write_text(RunDir(self.out_dir).config, config.to_yaml())
         logger = RunLogger(
             self.out_dir, step, max_steps, enabled=env.is_main,
             tensorboard=config.log.tensorboard, plot=config.log.plot, progress=config.log.progress,
@@ -587,7 +549,7 @@ class _Trainer:
             logger.close()
 
     def _write_final(self) -> Path:
-        final = self.out_dir / FINAL_DIR
+        final = RunDir(self.out_dir).final
         model_state = dist_utils.full_model_state(self.model)
         if self.env.is_main:
             with atomic_directory(final) as tmp:

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from elmforge.data.config import IGNORE_INDEX
 from elmforge.train.config import OptimSection, ScheduleSection
-
-IGNORE_INDEX = -100
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -8,14 +8,9 @@ from pathlib import Path
 import pytest
 
 from elmforge.cli.main import main
+from elmforge.config import apply_overrides, field_docs
 from elmforge.errors import ConfigError
-from elmforge.train.config import (
-    RunConfig,
-    apply_overrides,
-    documented_keys,
-    field_docs,
-    overrides_from_argv,
-)
+from elmforge.train.config import RunConfig, documented_keys
 from tests.train.helpers import REPO_ROOT, write_yaml
 
 CONFIGS = REPO_ROOT / "configs"
@@ -56,7 +51,9 @@ def test_tiny_cpu_config_loads() -> None:
     assert config.seq_len == 256
 
 
-def test_overrides_are_typed_and_yaml_1e_minus_3_is_a_float(tmp_path: Path) -> None:
+def test_overrides_are_typed_and_yaml_1e_minus_3_is_a_float(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = write_yaml(tmp_path / "run.yaml", {"model": {"name": "OpenELM-micro"}})
     config = RunConfig.from_yaml(
         path, ["optim.lr=1e-3", "train.micro_batch_size=8", "model.shape.num_transformer_layers=3",
@@ -67,7 +64,11 @@ def test_overrides_are_typed_and_yaml_1e_minus_3_is_a_float(tmp_path: Path) -> N
     assert config.model.shape == {"num_transformer_layers": 3}
     assert config.log.peak_flops == 1e12
     assert config.train.grad_accum == 2
-    assert overrides_from_argv(["--optim.lr", "1e-3", "--seed=4"]) == ["optim.lr=1e-3", "seed=4"]
+    # Both spellings of a flag reach the config: `--key value` and `--key=value`.
+    assert main(["pretrain", "--config", str(path), "--out", "unused", "--optim.lr", "1e-3",
+                 "--seed=4", "--print-config"]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "lr: 0.001" in printed and "\nseed: 4" in printed
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,103 @@
+"""What ``data.tokenizer`` means, in one place (training, ``data inspect``, the demo, loading).
+
+- a path (``tokenizer.model``, a tokenizer directory) or a hub name: that tokenizer;
+- null: the LLaMA-2 SentencePiece model OpenELM was trained with, found by
+  :func:`elmforge.data.tokenizer.default_tokenizer_path` (an error naming the ways to provide it
+  when it cannot be found);
+- ``auto``: LLaMA-2 when it can be found, else ``bpe``;
+- ``bpe``: a byte-level BPE tokenizer of ``data.bpe_vocab_size`` tokens trained on a bounded prefix
+  of the training sources (:func:`bounded_texts`), kept where the caller says (a run keeps it in
+  its ``tokenizer/``; ``data inspect`` in the user cache, keyed by sources and size).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from elmforge.data.config import DataConfig
+from elmforge.errors import ConfigError
+
+# Enough text for a BPE vocabulary of a few thousand tokens, and minutes saved over whole sources.
+BPE_TRAINING_CHARACTERS = 8_000_000
+
+
+def llama2_missing_message(subject: str) -> str:
+    """How to provide the LLaMA-2 tokenizer, for errors that need it."""
+    from elmforge.data.tokenizer import LLAMA2_TOKENIZER_ENV, LLAMA2_TOKENIZER_FILE, user_cache_dir
+
+    return (
+        f"{subject}: the LLaMA-2 tokenizer was not found; pass --tokenizer PATH/tokenizer.model, "
+        f"set ${LLAMA2_TOKENIZER_ENV}, or copy it to {user_cache_dir() / LLAMA2_TOKENIZER_FILE}"
+    )
+
+
+def bounded_texts(
+    sources: Sequence[Any], max_characters: int = BPE_TRAINING_CHARACTERS, split: str = "train"
+) -> Iterator[str]:
+    """Documents of every source in turn, each source contributing about an equal share of
+    ``max_characters`` (a source stops after the document that reaches its share)."""
+    from elmforge.data.sources import iter_texts
+
+    budget = max_characters // max(1, len(sources))
+    for source in sources:
+        used = 0
+        for text in iter_texts(source, split):
+            yield text
+            used += len(text)
+            if used >= budget:
+                break
+
+
+def bpe_cache_dir(config: DataConfig) -> Path:
+    """Where ``data inspect`` keeps a BPE tokenizer trained for ``config``'s sources and size."""
+    from elmforge.data.tokenizer import user_cache_dir
+
+    key = json.dumps(
+        [config.sources, config.bpe_vocab_size, BPE_TRAINING_CHARACTERS], sort_keys=True
+    )
+    return user_cache_dir() / "tokenizers" / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def resolve_tokenizer(
+    config: DataConfig,
+    bpe_dir: Path | None = None,
+    *,
+    is_main: bool = True,
+    barrier: Callable[[], None] = lambda: None,
+    report: Callable[[str], None] = print,
+) -> tuple[Any, str]:
+    """The tokenizer ``config.tokenizer`` means, and the spec (a path or name) it came from.
+
+    ``bpe_dir`` is where a trained BPE tokenizer is kept (default: :func:`bpe_cache_dir`); under
+    several processes only ``is_main`` trains it and ``barrier()`` lets the others wait for it.
+    """
+    from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
+
+    spec = config.tokenizer
+    if spec not in (None, "auto", "bpe"):
+        return load_tokenizer(spec), str(spec)
+    llama = default_tokenizer_path() if spec != "bpe" else None
+    if llama is not None:
+        return load_tokenizer(llama), str(llama)
+    if spec is None:
+        raise ConfigError(
+            llama2_missing_message("data.tokenizer")
+            + " (or set data.tokenizer to auto or bpe to train one)"
+        )
+    trained = Path(bpe_dir) if bpe_dir is not None else bpe_cache_dir(config)
+    if is_main and not (trained / "tokenizer.json").is_file():
+        from elmforge.data.tokenizer import train_bpe_tokenizer
+
+        report(
+            f"training a {config.bpe_vocab_size}-token BPE tokenizer on the training sources "
+            f"into {trained}"
+        )
+        train_bpe_tokenizer(
+            bounded_texts(config.sources_for("train")), config.bpe_vocab_size, trained
+        )
+    barrier()
+    return load_tokenizer(trained), str(trained)
