@@ -31,7 +31,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch
 
 from bench.common import print_table, write_json
-from elmforge.data.pipeline import DataConfig, build_train_loader
+from elmforge.data.config import DataConfig
+from elmforge.data.loader import build_train_loader
 from elmforge.data.sources import iter_texts
 from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from elmforge.data.pipeline import format_inspect_report, inspect, load_data_config
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -32,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from elmforge.data.config import load_data_config
+    from elmforge.data.inspect import format_inspect_report, inspect
+
     config = load_data_config(args.config)
     samples = 0 if args.json else args.samples
     report = inspect(config, args.max_documents, split=args.split, samples=samples)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from elmforge.data.pipeline import iter_training_texts
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -34,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elmforge.data.tokenizer import train_bpe_tokenizer  # transformers: only when used
+    from elmforge.data.tokenizer import train_bpe_tokenizer
+    from elmforge.data.tokenizer_choice import iter_training_texts
 
     texts = iter_training_texts(args.data, args.split, args.max_documents)
     tokenizer = train_bpe_tokenizer(texts, args.vocab_size, args.out)

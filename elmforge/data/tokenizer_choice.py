@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from elmforge.data.config import DataConfig
+from elmforge.data.config import DataConfig, load_data_config
 from elmforge.errors import ConfigError
 
 # Enough text for a BPE vocabulary of a few thousand tokens, and minutes saved over whole sources.
@@ -50,6 +52,22 @@ def bounded_texts(
             used += len(text)
             if used >= budget:
                 break
+
+
+def iter_training_texts(
+    data: str | os.PathLike, split: str = "train", max_documents: int | None = None
+) -> Iterator[str]:
+    """Documents of a YAML data config's sources (in turn) or of one source spec string, for
+    ``elmforge tokenizer train --data``."""
+    from elmforge.data.sources import iter_texts
+
+    if str(data).endswith((".yaml", ".yml")):
+        config = load_data_config(data)
+        sources, max_bad_rows = config.sources_for(split), config.max_bad_rows
+    else:
+        sources, max_bad_rows = [str(data)], 0
+    texts = itertools.chain.from_iterable(iter_texts(s, split, max_bad_rows) for s in sources)
+    return itertools.islice(texts, max_documents)
 
 
 def bpe_cache_dir(config: DataConfig) -> Path:

@@ -176,7 +176,7 @@ def resolve_precision(config: RunConfig, device: torch.device) -> str:
 def _default_loader_factory(
     config: RunConfig, tokenizer: Any, tokenizer_spec: str, env: dist_utils.DistEnv
 ) -> Callable[[str], Any]:
-    from elmforge.data.pipeline import build_train_loader
+    from elmforge.data.loader import RowSlice, build_train_loader
 
     data_config = dataclasses.replace(config.data, tokenizer=tokenizer_spec)
 
@@ -198,31 +198,6 @@ def _default_loader_factory(
         )  # fmt: skip
 
     return make
-
-
-class RowSlice:
-    """Rows ``[rank*B, (rank+1)*B)`` of every batch of a loader of global batches.
-
-    Every process reads the same stream, so the sequences of an optimizer step, and the loader's
-    state, are those of a single process reading ``world_size x B`` rows: the data order does not
-    depend on the number of processes (``train.data_sharding: global_batch``).
-    """
-
-    def __init__(self, loader: Any, rank: int, rows: int) -> None:
-        self.loader, self.start, self.rows = loader, rank * rows, rows
-
-    def __iter__(self) -> RowSlice:
-        return self
-
-    def __next__(self) -> dict[str, torch.Tensor]:
-        batch = next(self.loader)
-        return {k: v[self.start : self.start + self.rows] for k, v in batch.items()}
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.loader.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.loader.load_state_dict(state)
 
 
 # -- the run ----------------------------------------------------------------------------------------

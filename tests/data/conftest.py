@@ -79,7 +79,7 @@ def write_parquet(path: Path, texts: list[str], key: str = "text", row_group_siz
 
 
 def data_config(sources, **overrides):
-    from elmforge.data.pipeline import DataConfig
+    from elmforge.data.config import DataConfig
 
     settings = {"sources": sources, "min_characters": 0, "min_tokens": 0, "seq_len": 32}
     return DataConfig.from_dict({**settings, **overrides})

@@ -10,14 +10,10 @@ import unicodedata
 import pytest
 import torch
 
-from elmforge.data.pipeline import (
-    DataConfig,
-    DocumentProcessor,
-    build_train_loader,
-    inspect,
-    processed_length,
-    unshifted_labels,
-)
+from elmforge.data.config import DataConfig
+from elmforge.data.documents import DocumentProcessor, processed_length
+from elmforge.data.inspect import inspect
+from elmforge.data.loader import build_train_loader, unshifted_labels
 from elmforge.errors import ConfigError, DataError
 from tests.data.conftest import data_config, document, write_jsonl, write_parquet
 
