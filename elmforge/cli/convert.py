@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from elmforge.model.convert import corenet_to_hf, hf_to_corenet
-from elmforge.model.profile import resolve_config
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -43,11 +40,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_corenet_to_hf(args: argparse.Namespace) -> int:
+    from elmforge.model.convert import corenet_to_hf
+    from elmforge.model.profile import resolve_config
+
     out = corenet_to_hf(args.checkpoint, args.out_dir, resolve_config(args.name), args.tokenizer)
     print(f"wrote {out}")
     return 0
 
 
 def run_hf_to_corenet(args: argparse.Namespace) -> int:
+    from elmforge.model.convert import hf_to_corenet
+
     print(f"wrote {hf_to_corenet(args.model_dir, args.out_path)}")
     return 0

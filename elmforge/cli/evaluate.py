@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from elmforge.cli.options import add_model_flags
 from elmforge.errors import ElmforgeError
-from elmforge.infer.loading import DTYPE_CHOICES
 
 EPILOG = """examples:
   elmforge evaluate runs/tiny/final --suite zero-shot --limit 50
@@ -18,7 +18,7 @@ EPILOG = """examples:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from elmforge.evaluate.harness import SUITES
+    from elmforge.evaluate.suites import SUITES
 
     p = subparsers.add_parser(
         "evaluate",
@@ -31,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="model directory (HF layout) or hub name")
+    add_model_flags(p, model_required=False)
     what = p.add_mutually_exclusive_group()
     what.add_argument("--suite", choices=list(SUITES), help="the paper's task suite")
     what.add_argument("--tasks", help="comma-separated lm-eval task or group names")
@@ -42,17 +42,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="score only the first N documents of each task (and of --perplexity)",
     )
     p.add_argument("--batch-size", type=int, default=1, help="sequences per forward pass")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps (default: cpu)")
-    p.add_argument(
-        "--dtype",
-        default="auto",
-        choices=DTYPE_CHOICES,
-        help="weights dtype (auto: float32 on CPU, bfloat16 otherwise)",
-    )
-    p.add_argument(
-        "--tokenizer",
-        help="tokenizer.model, tokenizer directory or hub name (default: the model's own)",
-    )
     p.add_argument(
         "--data-dir",
         help="offline task data: DIR/<dataset>/<split>.jsonl in the HF datasets schema",

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from elmforge.model.profile import plot_profile, profile_markdown, resolve_config, rows_as_dicts
-
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -22,6 +20,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from elmforge.model.profile import plot_profile, profile_markdown, resolve_config, rows_as_dicts
+
     config = resolve_config(args.model)
     if args.json:
         print(

@@ -4,6 +4,12 @@ Each verb lives in its own module ``elmforge.cli.<module>`` exposing ``add_parse
 (registers the verb and its flags) and ``run(args) -> int``. Verb modules only parse and call one
 library function, so tests can call the library directly. Verbs that train take dotted run-config
 overrides through the flags :func:`elmforge.config.add_config_flags` generates.
+
+Parse first, import after: every verb's parser is built on each start, so verb modules import
+only argparse, the standard library and light elmforge modules at their top (the config kit and
+schemas, ``cli.options``), and import torch, transformers and the library inside ``run``.
+``--help`` and usage errors then take a fraction of a second instead of torch's import time
+(tests/core/test_startup.py holds this).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from elmforge import __version__
 from elmforge.errors import ElmforgeError
 
 # verb -> module under elmforge.cli. Modules that are not there yet are skipped.
@@ -42,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="elmforge",
         description="OpenELM models: define, pretrain, evaluate, fine-tune, run, convert.",
     )
+    parser.add_argument("--version", action="version", version=f"elmforge {__version__}")
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     subparsers.required = True
     for module_name in dict.fromkeys(VERB_MODULES.values()):
@@ -66,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except ElmforgeError as err:
         # Expected failures (bad input, missing files) get one line, never a traceback.
-        print(f"elmforge {args.verb}: error: {err}", file=sys.stderr)
+        print(f"elmforge {args.verb}: error: {err.for_command_line()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"elmforge {args.verb}: interrupted", file=sys.stderr)

@@ -26,38 +26,7 @@ from typing import Any
 from elmforge.errors import ElmforgeError
 from elmforge.evaluate.loading import context_length_of, load_model_for_eval
 from elmforge.evaluate.local_data import TaskDataPlan, plan_task_data, write_override_configs
-
-# The paper's suites (SPEC.md section 4): lm-eval task name -> number of few-shot examples.
-SUITES: dict[str, dict[str, int]] = {
-    "zero-shot": {
-        "arc_challenge": 0,
-        "arc_easy": 0,
-        "boolq": 0,
-        "hellaswag": 0,
-        "piqa": 0,
-        "sciq": 0,
-        "winogrande": 0,
-    },
-    "openllm": {
-        "arc_challenge": 25,
-        "hellaswag": 10,
-        "mmlu": 5,
-        "truthfulqa_mc2": 0,
-        "winogrande": 5,
-    },
-    "llm360": {
-        "arc_challenge": 25,
-        "crows_pairs_english": 0,
-        "hellaswag": 10,
-        "winogrande": 5,
-        "mmlu": 5,
-        "piqa": 0,
-        "race": 0,
-    },
-}
-# Metric shown per task: normalised accuracy where lm-eval defines it (as the paper reports).
-HEADLINE_METRICS = ("acc_norm", "acc", "pct_stereotype")
-LM_EVAL_VERSION = "0.4.13"
+from elmforge.evaluate.suites import SUITES, fewshot_count, plan_fewshot_runs
 
 
 @functools.lru_cache(maxsize=1)
@@ -165,33 +134,6 @@ def quiet_lm_eval(verbose: bool) -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
-
-
-def plan_fewshot_runs(
-    tasks: Sequence[str] | None, suite: str | None, num_fewshot: int | None
-) -> dict[int | None, list[str]]:
-    """Task names grouped by the few-shot count to run them with (None: lm-eval's default)."""
-    if suite is not None and tasks:
-        raise ElmforgeError("give either a suite or a task list, not both")
-    if num_fewshot is not None and num_fewshot < 0:
-        raise ElmforgeError(f"--num-fewshot {num_fewshot}: must be >= 0")
-    if suite is not None:
-        if suite not in SUITES:
-            raise ElmforgeError(f"unknown suite '{suite}' (choose from {', '.join(SUITES)})")
-        per_task: dict[str, int | None] = dict(SUITES[suite])
-    else:
-        per_task = dict.fromkeys(tasks or [], None)
-    if num_fewshot is not None:
-        per_task = dict.fromkeys(per_task, num_fewshot)
-    runs: dict[int | None, list[str]] = {}
-    for task, shots in per_task.items():
-        runs.setdefault(shots, []).append(task)
-    return runs
-
-
-def fewshot_count(config: dict[str, Any], num_fewshot: int | None) -> int:
-    """Few-shot examples a task draws: the requested count, else its config's default."""
-    return num_fewshot if num_fewshot is not None else int(config.get("num_fewshot") or 0)
 
 
 def validate_request(
@@ -314,10 +256,6 @@ def _strip_filter(metrics: dict[str, Any]) -> dict[str, Any]:
         if isinstance(value, (int, float)) or value is None:
             out[name] = None if value == "N/A" else value
     return out
-
-
-def headline_metric(task_result: dict[str, Any]) -> str | None:
-    return next((m for m in HEADLINE_METRICS if task_result.get(m) is not None), None)
 
 
 def collect_results(raw: dict[str, Any], plans: dict[str, TaskDataPlan]) -> dict[str, Any]:

@@ -10,8 +10,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from elmforge.evaluate.harness import SUITES, headline_metric, load_results
+from elmforge.evaluate.harness import load_results
 from elmforge.evaluate.paper import PAPER, paper_figure
+from elmforge.evaluate.suites import SUITES, headline_metric
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:

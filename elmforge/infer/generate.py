@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedTokenizerBase, TextStreamer
 
-from elmforge.errors import ElmforgeError
+from elmforge.errors import OptionError
 from elmforge.infer.loading import load_model_and_tokenizer
 from elmforge.model.modeling import OpenELMForCausalLM
 
@@ -27,13 +27,15 @@ class SamplingOptions:
 
     def generate_kwargs(self) -> dict:
         if self.max_new_tokens <= 0:
-            raise ElmforgeError(f"--max-new-tokens must be positive, got {self.max_new_tokens}")
+            raise OptionError(
+                "max_new_tokens", f"{{option}} must be positive, got {self.max_new_tokens}"
+            )
         kwargs: dict = {"max_new_tokens": self.max_new_tokens}
         if self.greedy or self.temperature == 0:
             kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
         else:
             if self.temperature < 0:
-                raise ElmforgeError(f"--temperature must be >= 0, got {self.temperature}")
+                raise OptionError("temperature", f"{{option}} must be >= 0, got {self.temperature}")
             kwargs.update(
                 do_sample=True, temperature=self.temperature, top_k=self.top_k, top_p=self.top_p
             )

@@ -12,43 +12,51 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from elmforge.errors import CheckpointError, OptionError, first_line
 
-from elmforge.errors import CheckpointError, ElmforgeError, first_line
+if TYPE_CHECKING:
+    import torch
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-# Both spellings are accepted: the short ones of run configs and the long ones of transformers.
+# Spelling -> torch dtype name: the short spellings of run configs and transformers' long ones.
+# (Names, not torch objects: the CLI lists them before it imports torch.)
 DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
+    "fp32": "float32",
+    "float32": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
 }
 DTYPE_CHOICES = ("auto", *DTYPES)
 
 
 def pick_device(device: str = "auto") -> str:
     """``auto`` is CUDA where there is a GPU, else the CPU; asking for a missing GPU is an error."""
+    import torch
+
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ElmforgeError(f"--device {device}: CUDA is not available on this machine")
+        raise OptionError("device", f"{{option}} {device}: CUDA is not available on this machine")
     return device
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
     """``auto`` is float32 on the CPU (its bf16 matmuls are slow) and bfloat16 on an accelerator."""
+    import torch
+
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
     if dtype not in DTYPES:
-        raise ElmforgeError(f"--dtype {dtype}: expected one of {', '.join(DTYPE_CHOICES)}")
-    return DTYPES[dtype]
+        raise OptionError(
+            "dtype", f"{{option}} {dtype}: expected one of {', '.join(DTYPE_CHOICES)}"
+        )
+    return getattr(torch, DTYPES[dtype])
 
 
 def has_tokenizer(model_dir: Path) -> bool:
@@ -74,10 +82,11 @@ def find_tokenizer(model_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
     config = _config_json(model_dir) or {}
     if llama2 is not None and config.get("vocab_size") == LLAMA2_VOCAB_SIZE:
         return llama2
-    example = f", e.g. --tokenizer {llama2}" if llama2 else ""
-    raise ElmforgeError(
+    example = f", e.g. {{option}} {llama2}" if llama2 else ""
+    raise OptionError(
+        "tokenizer",
         f"{model_dir}: the model directory has no tokenizer (tokenizer.json or tokenizer.model); "
-        f"pass --tokenizer PATH (OpenELM uses LLaMA-2's{example})"
+        f"pass {{option}} PATH (OpenELM uses LLaMA-2's{example})",
     )
 
 
@@ -127,7 +136,9 @@ def load_model(
         return load_pretrained(model_dir, dtype=torch_dtype, device=device)
     from transformers import AutoModelForCausalLM
 
-    import elmforge  # noqa: F401  (registers OpenELM with the Auto classes)
+    from elmforge.model.registration import register_models
+
+    register_models()  # a hub name may be an OpenELM model (model_type openelm)
 
     spec = str(model_dir or path_or_name)
     try:

@@ -8,6 +8,7 @@ Apple's code, in mlx-lm and in llama.cpp's converter.
 from __future__ import annotations
 
 import copy
+import sys
 from collections.abc import Sequence
 from numbers import Number
 from typing import Any
@@ -155,6 +156,12 @@ class OpenELMConfig(PretrainedConfig):
         self.num_kv_heads = [int(h) for h in num_kv_heads]
         self.ffn_multipliers = _interpolate(ffn_multipliers, n)
         self._validate_layers()
+        if "elmforge.model.modeling" not in sys.modules:
+            # The first config built puts the model classes into the Auto classes (see
+            # elmforge.model.registration for why not earlier).
+            from elmforge.model.registration import register_models
+
+            register_models()
 
     # -- layer-wise scaling ------------------------------------------------------------------
     def _query_heads_from_multipliers(self) -> list[int]:
@@ -273,3 +280,12 @@ class OpenELMConfig(PretrainedConfig):
         # Apple's code: tying is expressed by share_input_output_layers.
         output.pop("tie_word_embeddings", None)
         return output
+
+
+def _register_with_auto_config() -> None:
+    from transformers import AutoConfig
+
+    AutoConfig.register("openelm", OpenELMConfig, exist_ok=True)
+
+
+_register_with_auto_config()

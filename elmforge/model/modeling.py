@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin
+from transformers import AutoModel, AutoModelForCausalLM, GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
@@ -476,6 +476,5 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
         )
 
 
-AutoConfig.register("openelm", OpenELMConfig, exist_ok=True)
 AutoModel.register(OpenELMConfig, OpenELMModel, exist_ok=True)
 AutoModelForCausalLM.register(OpenELMConfig, OpenELMForCausalLM, exist_ok=True)

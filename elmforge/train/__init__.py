@@ -7,8 +7,7 @@ torch (the CLI parses its arguments before importing anything heavy).
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from elmforge.lazy import lazy_attributes
 
 _LAZY = {
     "RunConfig": "elmforge.train.config",
@@ -19,7 +18,4 @@ _LAZY = {
 __all__ = sorted(_LAZY)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'elmforge.train' has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _LAZY)

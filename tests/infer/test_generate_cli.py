@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -66,3 +67,37 @@ def test_generate_cli_errors(model_dir, tmp_path, capsys):
     assert "no tokenizer" in err and "--tokenizer" in err and len(err.splitlines()) == 1
     assert main(["generate", str(model_dir), "--prompt", "x", "--max-new-tokens", "0"]) == 2
     assert "--max-new-tokens" in capsys.readouterr().err
+
+
+def test_prompt_from_file_and_stdin_equals_prompt_flag(model_dir, tmp_path, capsys, monkeypatch):
+    prompt = "def function_1(x):\n    return"
+    args = ["generate", str(model_dir), "--greedy", "--max-new-tokens", "6", "--device", "cpu"]
+    assert main([*args, "--prompt", prompt]) == 0
+    expected = capsys.readouterr().out
+    assert expected.startswith(prompt)
+    prompt_file = tmp_path / "prompt.txt"
+    prompt_file.write_text(prompt, encoding="utf-8")
+    assert main([*args, "--prompt-file", str(prompt_file)]) == 0
+    assert capsys.readouterr().out == expected
+    for stdin_args in (["--prompt-file", "-"], []):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(prompt.encode())))
+        assert main([*args, *stdin_args]) == 0
+        assert capsys.readouterr().out == expected
+
+
+def test_prompt_input_errors(model_dir, tmp_path, capsys, monkeypatch):
+    args = ["generate", str(model_dir), "--device", "cpu"]
+    bad = tmp_path / "latin1.txt"
+    bad.write_bytes("café".encode("latin-1"))
+    cases = [
+        ([*args, "--prompt-file", str(bad)], ["--prompt-file", str(bad), "not UTF-8"]),
+        ([*args, "--prompt-file", str(tmp_path / "none.txt")], ["none.txt", "cannot read"]),
+    ]
+    for argv, mentions in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert all(m in err for m in mentions), err
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    assert main(args) == 2
+    assert "--prompt TEXT, --prompt-file FILE" in capsys.readouterr().err

@@ -28,8 +28,10 @@ def test_dtype_spellings_and_auto() -> None:
     assert resolve_dtype("bf16", "cpu") is resolve_dtype("bfloat16", "cpu") is torch.bfloat16
     assert resolve_dtype("auto", "cpu") is torch.float32
     assert resolve_dtype("auto", "cuda") is torch.bfloat16
-    with pytest.raises(ElmforgeError, match="--dtype fp8: expected one of auto, fp32"):
+    # From Python the message names the parameter; the command line names the flag.
+    with pytest.raises(ElmforgeError, match="^dtype fp8: expected one of auto, fp32") as caught:
         resolve_dtype("fp8", "cpu")
+    assert caught.value.for_command_line().startswith("--dtype fp8: expected one of auto, fp32")
 
 
 def test_openelm_dir_with_a_separate_tokenizer_keeps_its_weights(tmp_path, tokenizer_dir) -> None:

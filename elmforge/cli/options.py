@@ -1,0 +1,109 @@
+"""Flags shared by the verbs that run a model: which model and how to load it, sampling, prompts.
+
+Kept light (argparse and the standard library): the CLI builds every verb's parser before it
+imports torch. ``load_model_from_args`` is the one place the model flags become a
+:func:`elmforge.infer.loading.load` call, so a flag added to :func:`add_model_flags` (say an
+``--adapter DIR``) is one line here and one keyword there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from elmforge.errors import ElmforgeError
+from elmforge.infer.loading import DTYPE_CHOICES
+
+
+def add_model_flags(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
+    """MODEL, --tokenizer, --device, --dtype."""
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        nargs=None if model_required else "?",
+        help="model directory (HF layout), training checkpoint directory or hub name",
+    )
+    p.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="tokenizer.model, tokenizer directory or hub name (default: the model's own)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (a CUDA GPU if there is one, else the CPU), cpu, cuda, cuda:1, mps (auto)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="weights dtype (auto: float32 on the CPU, bfloat16 on a GPU)",
+    )
+
+
+def load_model_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~elmforge.infer.loading.LoadedModel` the model flags describe."""
+    from elmforge.infer.loading import load
+
+    return load(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+
+
+def add_sampling_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (64)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (0.8)")
+    p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest (50)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (0.95)")
+    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--greedy", action="store_true", help="greedy decoding (deterministic)")
+    p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+
+
+def sampling_options(args: argparse.Namespace) -> Any:
+    """The :class:`~elmforge.infer.generate.SamplingOptions` the sampling flags describe."""
+    from elmforge.infer.generate import SamplingOptions
+
+    return SamplingOptions(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        repetition_penalty=args.repetition_penalty,
+        greedy=args.greedy,
+        seed=args.seed,
+    )
+
+
+def add_prompt_flags(p: argparse.ArgumentParser) -> None:
+    """--prompt TEXT or --prompt-file FILE (``-``: standard input); with neither, a prompt piped
+    on standard input is read."""
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--prompt", metavar="TEXT", help="the text to continue")
+    source.add_argument(
+        "--prompt-file",
+        metavar="FILE",
+        help="read the prompt from FILE (UTF-8; '-' reads standard input)",
+    )
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    """The prompt the prompt flags give (see :func:`add_prompt_flags`), exactly as written."""
+    if args.prompt is not None:
+        return args.prompt
+    if args.prompt_file is None and sys.stdin.isatty():
+        raise ElmforgeError("give --prompt TEXT, --prompt-file FILE or a prompt on standard input")
+    if args.prompt_file in (None, "-"):
+        where, data = "standard input", sys.stdin.buffer.read()
+    else:
+        where = f"--prompt-file {args.prompt_file}"
+        try:
+            data = Path(args.prompt_file).read_bytes()
+        except OSError as err:
+            raise ElmforgeError(f"{where}: cannot read ({err.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ElmforgeError(
+            f"{where}: the prompt is not UTF-8 text (byte {err.start}: {data[err.start]:#04x})"
+        ) from None
