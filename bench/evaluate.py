@@ -27,7 +27,7 @@ from common import print_table, write_json
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
 from elmforge.evaluate import evaluate_model
-from elmforge.evaluate.harness import default_task_manager
+from elmforge.evaluate.lm_eval_glue import default_task_manager
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
 

@@ -6,12 +6,34 @@ from __future__ import annotations
 class ElmforgeError(Exception):
     """A user-facing failure: bad input, a missing or corrupt file, an impossible request.
 
-    The message must name the file (or field) and the problem, in one line.
+    The message must name the file (or field) and the problem, in one line. A message about one
+    parameter says ``{option}`` where it names it and passes ``option`` (its Python name): raised
+    from Python the message names the parameter (``batch_size 0: must be >= 1``), while the
+    ``elmforge`` command prints :meth:`for_command_line`, which names the flag instead
+    (``--batch-size 0: must be >= 1``); ``flag`` is given where it is not ``--`` + the name with
+    dashes.
     """
+
+    def __init__(self, message: str = "", *, option: str | None = None, flag: str | None = None):
+        self.template = message
+        self.option = option
+        self.flag = flag or ("--" + option.replace("_", "-") if option else None)
+        super().__init__(message.replace("{option}", option) if option else message)
 
     def for_command_line(self) -> str:
         """The message as the ``elmforge`` command prints it."""
-        return str(self)
+        if self.option is None or self.flag is None:
+            return str(self)
+        return self.template.replace("{option}", self.flag)
+
+    def __reduce__(self) -> tuple:  # pickled whatever a subclass's constructor takes
+        return _restore, (type(self), self.template, self.option, self.flag)
+
+
+def _restore(cls: type, template: str, option: str | None, flag: str | None) -> ElmforgeError:
+    error = cls.__new__(cls)
+    ElmforgeError.__init__(error, template, option=option, flag=flag)
+    return error
 
 
 class ConfigError(ElmforgeError, ValueError):
@@ -33,19 +55,7 @@ def first_line(err: BaseException) -> str:
 
 
 class OptionError(ConfigError):
-    """A bad value of one parameter, named where the message says ``{option}``.
-
-    Raised from Python the message names the parameter (``batch_size 0: must be >= 1``); the
-    ``elmforge`` command prints :meth:`for_command_line`, which names the flag instead
-    (``--batch-size 0: must be >= 1``). ``flag`` is given where it is not ``--`` + the name with
-    dashes.
-    """
+    """A bad value of one parameter (see :class:`ElmforgeError` for ``{option}``)."""
 
     def __init__(self, option: str, template: str, flag: str | None = None) -> None:
-        self.option = option
-        self.template = template
-        self.flag = flag or "--" + option.replace("_", "-")
-        super().__init__(template.replace("{option}", option))
-
-    def for_command_line(self) -> str:
-        return self.template.replace("{option}", self.flag)
+        super().__init__(template, option=option, flag=flag)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elmforge.cli.options import add_model_flags
+from elmforge.cli.options import add_model_flags, load_options
 from elmforge.errors import ElmforgeError
 
 EPILOG = """examples:
@@ -78,22 +78,19 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise ElmforgeError("give a MODEL directory or hub name (or --compare A B)")
-    from elmforge.evaluate.harness import evaluate_checkpoint
+    if not (args.suite or args.tasks or args.perplexity):
+        raise ElmforgeError("nothing to evaluate: give --suite, --tasks or --perplexity")
+    from elmforge.evaluate.harness import EvalRequest, load_and_evaluate
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
     out = Path(args.out) if args.out else Path("runs/evaluate") / Path(args.model).name
-    report = evaluate_checkpoint(
-        args.model,
-        tokenizer=args.tokenizer,
-        device=args.device,
-        dtype=args.dtype,
+    request = EvalRequest(
         tasks=tasks,
         suite=args.suite,
         num_fewshot=args.num_fewshot,
         limit=args.limit,
         batch_size=args.batch_size,
         data_dir=args.data_dir,
-        out_dir=out,
         allow_split_fallback=args.allow_split_fallback,
         perplexity_data=args.perplexity,
         perplexity_split=args.split,
@@ -101,7 +98,9 @@ def run(args: argparse.Namespace) -> int:
         stride=args.stride,
         log_samples=args.log_samples,
         verbose=args.verbose,
+        out_dir=out,
     )
+    load_and_evaluate(args.model, request, **load_options(args))
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'results.json'}")
-    return 0 if report else 1
+    return 0

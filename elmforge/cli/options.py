@@ -1,9 +1,10 @@
 """Flags shared by the verbs that run a model: which model and how to load it, sampling, prompts.
 
 Kept light (argparse and the standard library): the CLI builds every verb's parser before it
-imports torch. ``load_model_from_args`` is the one place the model flags become a
-:func:`elmforge.infer.loading.load` call, so a flag added to :func:`add_model_flags` (say an
-``--adapter DIR``) is one line here and one keyword there.
+imports torch. :func:`load_options` is the one place the model flags become keywords of
+:func:`elmforge.infer.loading.load` (which ``load_and_evaluate`` and the other library entry
+points pass on), so a flag added to :func:`add_model_flags` (say ``--adapter DIR``, the loader
+already takes ``adapter=``) is one ``add_argument`` there and one entry here.
 """
 
 from __future__ import annotations
@@ -43,11 +44,16 @@ def add_model_flags(p: argparse.ArgumentParser, *, model_required: bool = True) 
     )
 
 
+def load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :func:`elmforge.infer.loading.load` that the model flags give."""
+    return {"tokenizer": args.tokenizer, "device": args.device, "dtype": args.dtype}
+
+
 def load_model_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~elmforge.infer.loading.LoadedModel` the model flags describe."""
     from elmforge.infer.loading import load
 
-    return load(args.model, tokenizer=args.tokenizer, device=args.device, dtype=args.dtype)
+    return load(args.model, **load_options(args))
 
 
 def add_sampling_flags(p: argparse.ArgumentParser) -> None:

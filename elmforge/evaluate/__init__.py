@@ -1,7 +1,8 @@
 """Evaluation: lm-evaluation-harness suites (offline-capable), perplexity, paper comparison.
 
 Names are imported on first use, so ``elmforge.evaluate.suites`` loads without lm-eval or torch
-(the CLI lists the suites before importing anything heavy).
+(the CLI lists the suites before importing anything heavy). ``perplexity`` is the submodule:
+``from elmforge.evaluate.perplexity import perplexity`` for the function.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from elmforge.lazy import lazy_attributes
 
 _LAZY = {
     "SUITES": "elmforge.evaluate.suites",
+    "EvalRequest": "elmforge.evaluate.harness",
     "compare_results": "elmforge.evaluate.report",
-    "evaluate_checkpoint": "elmforge.evaluate.harness",
     "evaluate_model": "elmforge.evaluate.harness",
-    "load_model_for_eval": "elmforge.evaluate.loading",
-    "load_results": "elmforge.evaluate.harness",
-    "perplexity": "elmforge.evaluate.perplexity",
+    "load_and_evaluate": "elmforge.evaluate.harness",
+    "load_results": "elmforge.evaluate.report",
     "perplexity_of_source": "elmforge.evaluate.perplexity",
 }
 

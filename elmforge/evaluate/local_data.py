@@ -240,9 +240,10 @@ def plan_task_data(
         splits[key] = None
 
     def missing(split: str, role: str) -> ElmforgeError:
-        hint = "" if allow_split_fallback else " (or pass --allow-split-fallback)"
+        hint = "" if allow_split_fallback else " (or pass {option})"
         return DataError(
-            f"task {task}: the {role} split '{split}' is missing: expected {expected(split)}{hint}"
+            f"task {task}: the {role} split '{split}' is missing: expected {expected(split)}{hint}",
+            option="allow_split_fallback",
         )
 
     # The scored split.

@@ -25,8 +25,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from elmforge.errors import DataError, ElmforgeError
-from elmforge.evaluate.loading import context_length_of
+from elmforge.errors import DataError, ElmforgeError, OptionError
+from elmforge.infer.loading import context_length_of
 
 
 @dataclass
@@ -188,9 +188,13 @@ def parse_source_spec(spec: str | dict) -> str | dict:
         try:
             source = json.loads(spec)
         except json.JSONDecodeError as err:
-            raise DataError(f"--perplexity {spec}: not valid JSON ({err.msg})") from None
+            raise OptionError(
+                "perplexity_data", f"{{option}} {spec}: not valid JSON ({err.msg})", "--perplexity"
+            ) from None
         if not isinstance(source, dict):
-            raise DataError(f"--perplexity {spec}: expected a JSON object")
+            raise OptionError(
+                "perplexity_data", f"{{option}} {spec}: expected a JSON object", "--perplexity"
+            )
         return source
     return spec
 

@@ -1,35 +1,20 @@
-"""results.json / results.md, and side-by-side comparison of several runs (table + bar chart)."""
+"""results.json / results.md (what was evaluated, with what, and the scores), reading them back, and
+side-by-side comparison of several runs (table + bar chart)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from elmforge.evaluate.harness import load_results
-from elmforge.evaluate.paper import PAPER, paper_figure
+from elmforge.errors import ElmforgeError, OptionError
+from elmforge.evaluate.paper import PAPER, match_paper_variant, paper_figure
 from elmforge.evaluate.suites import SUITES, headline_metric
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    _atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+from elmforge.files import atomic_write, atomic_write_text
+from elmforge.infer.loading import context_length_of
 
 
 def _jsonable(value: Any) -> Any:
@@ -44,15 +29,72 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+def versions() -> dict[str, str]:
+    out = {}
+    for dist in ("elmforge", "lm_eval", "transformers", "torch", "datasets", "tokenizers"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def describe_model(model: Any, model_name: str | None) -> dict[str, Any]:
+    config = getattr(model, "config", None)
+    first_param = next(iter(model.parameters()), None)
+    return {
+        "name": model_name or getattr(model, "name_or_path", None) or type(model).__name__,
+        "class": type(model).__name__,
+        "model_type": getattr(config, "model_type", None),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "dtype": str(first_param.dtype).replace("torch.", "") if first_param is not None else None,
+        "device": str(first_param.device) if first_param is not None else None,
+        "context_length": context_length_of(model),
+        "paper_variant": match_paper_variant(config),
+    }
+
+
+def describe_tokenizer(tokenizer: Any, tokenizer_name: str | None) -> dict[str, Any]:
+    return {
+        "name": tokenizer_name or getattr(tokenizer, "name_or_path", None) or None,
+        "class": type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        # Measured, not assumed: lm-eval asks for special tokens, and whether that yields the
+        # bos token is up to the tokenizer's post-processor.
+        "add_bos_token": adds_bos_token(tokenizer),
+    }
+
+
+def adds_bos_token(tokenizer: Any) -> bool:
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
+
+
+def load_results(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ElmforgeError(f"{path}: no such results file") from None
+    except json.JSONDecodeError as err:
+        raise ElmforgeError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("results"), dict):
+        raise ElmforgeError(f"{path}: not an elmforge results.json (no 'results' object)")
+    return data
+
+
 def write_results(
     report: dict[str, Any], out_dir: Path, samples: dict[str, list] | None = None
 ) -> None:
     """``results.json``, ``results.md`` and, if given, lm-eval's per-document samples."""
-    write_text_atomic(out_dir / "results.json", json.dumps(_jsonable(report), indent=2) + "\n")
-    write_text_atomic(out_dir / "results.md", render_markdown(report))
+    atomic_write_text(out_dir / "results.json", json.dumps(_jsonable(report), indent=2) + "\n")
+    atomic_write_text(out_dir / "results.md", render_markdown(report))
     for task, rows in (samples or {}).items():
         lines = "".join(json.dumps(_jsonable(row), ensure_ascii=False) + "\n" for row in rows)
-        write_text_atomic(out_dir / "samples" / f"{task}.jsonl", lines)
+        atomic_write_text(out_dir / "samples" / f"{task}.jsonl", lines)
 
 
 def _percent(value: float | None) -> str:
@@ -201,10 +243,8 @@ def compare_results(
     paths: Sequence[str | Path], out_dir: str | Path | None = None
 ) -> dict[str, Any]:
     """Print a side-by-side table of several results.json files; write compare.md and .png."""
-    from elmforge.errors import ElmforgeError
-
     if len(paths) < 2:
-        raise ElmforgeError("--compare needs at least two results.json files")
+        raise OptionError("paths", "{option} needs at least two results.json files", "--compare")
     runs = [load_results(path) for path in paths]
     names = _run_names(paths, runs)
     rows = _comparison_rows(runs)
@@ -219,7 +259,7 @@ def compare_results(
     markdown = "\n".join("| " + " | ".join(row) + " |" for row in table) + "\n"
     print(markdown, end="")
     out = Path(out_dir) if out_dir is not None else Path("runs/evaluate/compare")
-    write_text_atomic(out / "compare.md", markdown)
+    atomic_write_text(out / "compare.md", markdown)
     chart = out / "compare.png"
     _bar_chart([r for r in rows if r[1] != "bits_per_byte"], names, chart)
     print(f"wrote {out / 'compare.md'} and {chart}")
@@ -253,5 +293,5 @@ def _bar_chart(
     ax.set_title("elmforge evaluate --compare")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
     plt.close(fig)

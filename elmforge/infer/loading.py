@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from elmforge.errors import CheckpointError, OptionError, first_line
+from elmforge.train.run_dir import CHECKPOINT_MODEL
 
 if TYPE_CHECKING:
     import torch
@@ -31,6 +32,9 @@ DTYPES = {
     "float16": "float16",
 }
 DTYPE_CHOICES = ("auto", *DTYPES)
+# Config attributes that carry a context length, in the order they are checked.
+CONTEXT_LENGTH_ATTRS = ("max_context_length", "max_position_embeddings", "n_positions", "n_ctx")
+DEFAULT_CONTEXT_LENGTH = 2048
 
 
 def pick_device(device: str = "auto") -> str:
@@ -57,6 +61,16 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
             "dtype", f"{{option}} {dtype}: expected one of {', '.join(DTYPE_CHOICES)}"
         )
     return getattr(torch, DTYPES[dtype])
+
+
+def context_length_of(model: Any) -> int:
+    """The context length a model's config declares (2048 when it declares none)."""
+    config = getattr(model, "config", None)
+    for attr in CONTEXT_LENGTH_ATTRS:
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return DEFAULT_CONTEXT_LENGTH
 
 
 def has_tokenizer(model_dir: Path) -> bool:
@@ -106,8 +120,8 @@ def _is_openelm_dir(model_dir: Path) -> bool:
 
 
 def local_model_dir(path_or_name: str | os.PathLike) -> Path | None:
-    """The model directory ``path_or_name`` names, None for a hub name; a local path that is not
-    a model directory is an error."""
+    """The model directory ``path_or_name`` names, None for a hub name; a training checkpoint
+    (``checkpoints/step-N``) names its ``model/``. A local path that is neither is an error."""
     spec = str(path_or_name)
     model_dir = Path(spec).expanduser()
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
@@ -115,6 +129,9 @@ def local_model_dir(path_or_name: str | os.PathLike) -> Path | None:
         return None
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
+    checkpoint_model = model_dir / CHECKPOINT_MODEL
+    if not (model_dir / "config.json").is_file() and (checkpoint_model / "config.json").is_file():
+        return checkpoint_model
     if not (model_dir / "config.json").is_file():
         raise CheckpointError(f"{model_dir}: not a model directory (no config.json)")
     return model_dir
@@ -168,6 +185,12 @@ class LoadedModel:
     """The weights' dtype."""
     adapter: Path | None = None
     """The PEFT adapter directory merged into the model, if any."""
+    tokenizer_source: str | None = None
+    """Where the tokenizer came from (a path or hub name), None when given as an object."""
+
+    @property
+    def context_length(self) -> int:
+        return context_length_of(self.model)
 
 
 def load(
@@ -189,7 +212,8 @@ def load(
 
     model_dir = local_model_dir(path_or_name)
     spec = find_tokenizer(model_dir or path_or_name, tokenizer)
-    tokenizer = load_tokenizer(spec) if isinstance(spec, (str, os.PathLike)) else spec
+    source = str(spec) if isinstance(spec, (str, os.PathLike)) else None
+    tokenizer = load_tokenizer(spec) if source is not None else spec
     resolved_device = pick_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
     model = load_model(model_dir or path_or_name, device=resolved_device, dtype=torch_dtype)
@@ -205,6 +229,7 @@ def load(
         device=resolved_device,
         dtype=torch_dtype,
         adapter=adapter_dir,
+        tokenizer_source=source,
     )
 
 

@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 from elmforge.errors import CheckpointError, first_line
+from elmforge.train.run_dir import CHECKPOINT_MODEL
 
 CHECKPOINTS_DIR = "checkpoints"
-MODEL_DIR = "model"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
@@ -136,7 +136,12 @@ def verify_checkpoint(directory: Path) -> None:
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{manifest_path}: unreadable manifest") from None
-    for required in (TRAINER_STATE, OPTIMIZER_STATE, RNG_STATE, f"{MODEL_DIR}/model.safetensors"):
+    for required in (
+        TRAINER_STATE,
+        OPTIMIZER_STATE,
+        RNG_STATE,
+        f"{CHECKPOINT_MODEL}/model.safetensors",
+    ):
         if required not in files:
             raise CheckpointError(f"{directory}: manifest lists no {required}")
     for name, entry in files.items():
@@ -190,7 +195,7 @@ def latest_checkpoints(run_dir: Path, count: int) -> list[Path]:
             verify_checkpoint(path)
         except CheckpointError:
             continue
-        good.append(path / MODEL_DIR)
+        good.append(path / CHECKPOINT_MODEL)
         if len(good) == count:
             break
     if len(good) < count:
@@ -290,7 +295,7 @@ def save_checkpoint(
     (rank 0 only). Only ``step-*`` directories are resumed from, averaged or pruned."""
     final = Path(run_dir) / CHECKPOINTS_DIR / (name or step_dir_name(step))
     with atomic_directory(final) as tmp:
-        save_model_dir(model_config, model_state, tmp / MODEL_DIR, tokenizer)
+        save_model_dir(model_config, model_state, tmp / CHECKPOINT_MODEL, tokenizer)
         torch.save(optimizer_state, tmp / OPTIMIZER_STATE)
         torch.save(list(rng_states), tmp / RNG_STATE)
         (tmp / TRAINER_STATE).write_text(
@@ -306,7 +311,7 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
     directory = Path(directory)
     try:
-        model_state = load_file(directory / MODEL_DIR / "model.safetensors")
+        model_state = load_file(directory / CHECKPOINT_MODEL / "model.safetensors")
         optimizer_state = torch.load(directory / OPTIMIZER_STATE, weights_only=True)
         rng_states = torch.load(directory / RNG_STATE, weights_only=True)
         trainer_state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
@@ -325,8 +330,8 @@ def _model_dir_of(path: Path) -> Path:
     path = Path(path)
     if (path / "config.json").is_file():
         return path
-    if (path / MODEL_DIR / "config.json").is_file():
-        return path / MODEL_DIR
+    if (path / CHECKPOINT_MODEL / "config.json").is_file():
+        return path / CHECKPOINT_MODEL
     raise CheckpointError(f"{path}: neither a model directory nor a checkpoint (no config.json)")
 
 

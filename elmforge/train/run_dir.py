@@ -7,7 +7,8 @@ A run directory (``elmforge pretrain``, ``elmforge finetune``, each run of a stu
     tb/                  TensorBoard event files
     loss.png             the loss curve
     tokenizer/           a tokenizer the run trained itself (data.tokenizer: bpe)
-    checkpoints/step-NNNNNNNN/   resumable checkpoints (elmforge.train.checkpoint)
+    checkpoints/step-NNNNNNNN/   resumable checkpoints (elmforge.train.checkpoint), each with
+                         model/ (HF layout) beside the optimizer, RNG and trainer state
     final/               the finished model, a complete HF-layout model directory
     adapter/             fine-tuning with PEFT: the adapter in PEFT's own format
 """
@@ -26,6 +27,8 @@ TOKENIZER = "tokenizer"
 CHECKPOINTS = "checkpoints"
 FINAL = "final"
 ADAPTER = "adapter"
+# Inside a checkpoint: the model directory (any verb that loads a model accepts the checkpoint).
+CHECKPOINT_MODEL = "model"
 RESERVED_NAMES = frozenset(
     {CONFIG, METRICS, TENSORBOARD, LOSS_PLOT, TOKENIZER, CHECKPOINTS, FINAL, ADAPTER}
 )

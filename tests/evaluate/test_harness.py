@@ -115,7 +115,6 @@ def test_limit_batch_size_and_training_mode_restored(tiny_model, tokenizer, task
             limit=3,
             batch_size=3,
             data_dir=task_dir,
-            device=None,
         )
         assert tiny_model.training
     finally:

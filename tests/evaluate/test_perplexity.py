@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from elmforge.errors import ElmforgeError
-from elmforge.evaluate import perplexity
+from elmforge.evaluate.perplexity import perplexity
 
 TEXTS = [
     "the cat sat on the warm stone by the river",

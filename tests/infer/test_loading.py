@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.data.tokenizer import train_bpe_tokenizer
 from elmforge.errors import CheckpointError, ElmforgeError
-from elmforge.infer.loading import load_model_and_tokenizer, resolve_dtype
+from elmforge.infer.loading import load, load_model_and_tokenizer, resolve_dtype
 
 CORPUS = [f"value_{i} = compute({i}, {i * 3})\n" for i in range(200)]
 
@@ -85,3 +85,15 @@ def test_llama2_vocabulary_without_tokenizer_files_gets_llama2(tmp_path, llama2_
     OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(tmp_path / "other")
     with pytest.raises(ElmforgeError, match="has no tokenizer"):
         find_tokenizer(tmp_path / "other")
+
+
+def test_a_training_checkpoint_loads_like_its_model_directory(tmp_path, tokenizer_dir) -> None:
+    checkpoint = tmp_path / "checkpoints" / "step-00000004"
+    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=300))
+    model.save_pretrained(checkpoint / "model")
+    loaded = load(checkpoint, tokenizer=tokenizer_dir, device="cpu")
+    assert loaded.directory == checkpoint / "model"
+    assert loaded.tokenizer_source == str(tokenizer_dir)
+    assert loaded.context_length == model.config.max_context_length
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
