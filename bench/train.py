@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import print_table, write_json
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.train.config import OptimSection, RunConfig
-from elmforge.train.loop import flops_per_token, peak_flops_per_device
+from elmforge.train.mfu import flops_per_token, peak_flops_per_device
 from elmforge.train.optim import build_optimizer, loss_sums
 
 

@@ -170,12 +170,18 @@ def to_yaml(instance: Any) -> str:
 
 # -- YAML and overrides -----------------------------------------------------------------------
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping (``{}`` when empty); one-line errors name the file."""
-    path = Path(path)
+    """A YAML file's top-level mapping (``{}`` when empty); one-line errors name the file.
+
+    A name that is not a file but a packaged config (``tiny-cpu``) reads that config."""
+    from elmforge.package_data import find_config, packaged_configs
+
+    path = find_config(path)
     if path.is_dir():
         raise ConfigError(f"{path}: is a directory, expected a YAML config file")
     if not path.is_file():
-        raise ConfigError(f"{path}: no such config file")
+        raise ConfigError(
+            f"{path}: no such config file (packaged: {', '.join(packaged_configs())})"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:

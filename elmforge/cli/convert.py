@@ -43,7 +43,13 @@ def run_corenet_to_hf(args: argparse.Namespace) -> int:
     from elmforge.model.convert import corenet_to_hf
     from elmforge.model.profile import resolve_config
 
-    out = corenet_to_hf(args.checkpoint, args.out_dir, resolve_config(args.name), args.tokenizer)
+    config = resolve_config(args.name)
+    tokenizer = None
+    if args.tokenizer is not None:
+        from elmforge.data.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(args.tokenizer)
+    out = corenet_to_hf(args.checkpoint, args.out_dir, config, tokenizer)
     print(f"wrote {out}")
     return 0
 

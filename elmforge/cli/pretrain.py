@@ -18,7 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "Several processes: torchrun --nproc_per_node N -m elmforge.cli.main pretrain ...",
     )
     source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--config", metavar="YAML", help="an elmforge run config (configs/*.yaml)")
+    source.add_argument(
+        "--config",
+        metavar="YAML",
+        help="an elmforge run config, or a packaged one by name (tiny-cpu, openelm-270m, ...)",
+    )
     source.add_argument(
         "--corenet-config",
         metavar="YAML",

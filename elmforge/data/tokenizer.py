@@ -258,14 +258,15 @@ def train_bpe_tokenizer(
 
 
 def save_tokenizer_atomic(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
-    """``save_pretrained`` into a temporary sibling directory, then move the files into place."""
-    import shutil
+    """``save_pretrained`` staged in a temporary directory, then each file written atomically into
+    ``out_dir`` (other files there are kept: a tokenizer often joins a model directory)."""
     import tempfile
 
+    from elmforge.files import atomic_write_bytes
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".tokenizer-tmp-") as tmp:
-        tokenizer.save_pretrained(tmp)
-        for item in Path(tmp).iterdir():
-            os.replace(item, out_dir / item.name) if item.is_file() else shutil.move(item, out_dir)
+    with tempfile.TemporaryDirectory(prefix="elmforge-tokenizer-") as staging:
+        tokenizer.save_pretrained(staging)
+        for item in sorted(Path(staging).iterdir()):
+            atomic_write_bytes(out_dir / item.name, item.read_bytes())
     return out_dir

@@ -9,14 +9,15 @@ row 32000 is the padding index). They are read with ``weights_only=True``: never
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers.initialization import no_init_weights
 
 from elmforge.errors import CheckpointError, first_line
+from elmforge.files import atomic_directory, atomic_write
 from elmforge.model.config import OpenELMConfig
 from elmforge.model.modeling import OpenELMForCausalLM
 
@@ -120,58 +121,40 @@ def load_model_state(
         model.tie_weights()
 
 
-def save_pretrained_atomic(model: OpenELMForCausalLM, out_dir: str | os.PathLike, **kw) -> Path:
-    """``save_pretrained`` into a temporary sibling directory, then rename it into place."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    model.save_pretrained(tmp, **kw)
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        tmp.rename(out_dir)
-        _remove_tree(old)
-    else:
-        tmp.rename(out_dir)
-    return out_dir
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()
+def save_pretrained_atomic(
+    model: OpenELMForCausalLM, out_dir: str | os.PathLike, tokenizer: Any = None
+) -> Path:
+    """``save_pretrained`` (and the tokenizer's, if given) into a temporary sibling directory,
+    then rename it into place."""
+    with atomic_directory(out_dir) as tmp:
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+    return Path(out_dir)
 
 
 def corenet_to_hf(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
     config: OpenELMConfig,
-    tokenizer_dir: str | os.PathLike | None = None,
+    tokenizer: Any = None,
 ) -> Path:
-    """Convert a CoreNet ``.pt`` checkpoint into an HF-layout directory (safetensors + config)."""
+    """Convert a CoreNet ``.pt`` checkpoint into an HF-layout directory (safetensors + config);
+    ``tokenizer`` (any object with ``save_pretrained``) is saved beside the weights."""
     state = corenet_to_hf_state_dict(load_corenet_state_dict(checkpoint), config)
     dtype = state[f"transformer.{_EMBEDDING_KEY}"].dtype
     with no_init_weights():  # every tensor is about to be overwritten
         model = OpenELMForCausalLM(config).to(dtype)
     load_model_state(model, state, str(checkpoint))
     model.config.dtype = dtype
-    out = save_pretrained_atomic(model, out_dir)
-    if tokenizer_dir is not None:
-        from elmforge.data.tokenizer import load_tokenizer
-
-        load_tokenizer(tokenizer_dir).save_pretrained(out)
-    return out
+    return save_pretrained_atomic(model, out_dir, tokenizer)
 
 
 def hf_to_corenet(model_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
     """Write an HF-layout OpenELM directory as a CoreNet ``.pt`` state dict."""
     model = load_pretrained(model_dir)
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    torch.save(hf_to_corenet_state_dict(model), tmp)
-    tmp.replace(out_path)
-    return out_path
+    state = hf_to_corenet_state_dict(model)
+    return atomic_write(out_path, lambda tmp: torch.save(state, tmp))
 
 
 def load_pretrained(

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from elmforge.errors import CheckpointError, ConfigError
+from elmforge.files import atomic_write
 from elmforge.model.config import PRESETS, OpenELMConfig
 
 
@@ -94,13 +95,10 @@ def plot_profile(config: OpenELMConfig, path: str | os.PathLike, title: str = ""
     total = config.num_parameters_total()
     fig.suptitle(f"{title or 'OpenELM'}: layer-wise scaling ({total / 1e6:.1f}M parameters)")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
 
 
 def rows_as_dicts(config: OpenELMConfig) -> list[dict]:

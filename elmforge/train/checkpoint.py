@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import random
 import re
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,9 +32,9 @@ import numpy as np
 import torch
 
 from elmforge.errors import CheckpointError, first_line
-from elmforge.train.run_dir import CHECKPOINT_MODEL
+from elmforge.files import atomic_directory, clean_temporaries
+from elmforge.train.run_dir import CHECKPOINT_MODEL, CHECKPOINTS, RunDir
 
-CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
@@ -50,60 +48,11 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:08d}"
 
 
-# -- atomic directories --------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final``; on success rename it to ``final`` (replacing it)."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        yield tmp
-        _fsync_tree(tmp)
-        if final.exists():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(final)
-        _fsync_dir(final.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _fsync_tree(root: Path) -> None:
-    for path in root.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def clean_stale_temporaries(run_dir: Path) -> None:
-    """Remove half-written checkpoints left by a killed run (never complete ones)."""
-    ckpt_root = Path(run_dir) / CHECKPOINTS_DIR
-    if ckpt_root.is_dir():
-        for path in ckpt_root.iterdir():
-            if path.name.startswith(".step-") and (".tmp-" in path.name or ".old-" in path.name):
-                shutil.rmtree(path, ignore_errors=True)
+    """Remove what a killed run left half-written (checkpoints, final/, config.yaml, loss.png);
+    complete checkpoints are never touched."""
+    clean_temporaries(run_dir)
+    clean_temporaries(RunDir(run_dir).checkpoints)
 
 
 # -- manifests -------------------------------------------------------------------------------------
@@ -158,7 +107,7 @@ def verify_checkpoint(directory: Path) -> None:
 # -- finding checkpoints -------------------------------------------------------------------------------
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Step directories of a run, oldest first (no verification)."""
-    root = Path(run_dir) / CHECKPOINTS_DIR
+    root = RunDir(run_dir).checkpoints
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
@@ -200,7 +149,7 @@ def latest_checkpoints(run_dir: Path, count: int) -> list[Path]:
             break
     if len(good) < count:
         raise CheckpointError(
-            f"{run_dir}: {len(good)} intact checkpoint(s) under {CHECKPOINTS_DIR}/, "
+            f"{run_dir}: {len(good)} intact checkpoint(s) under {CHECKPOINTS}/, "
             f"{count} asked for (--last {count})"
         )
     return list(reversed(good))
@@ -293,7 +242,7 @@ def save_checkpoint(
 ) -> Path:
     """Write ``checkpoints/step-NNNNNNNN`` (or ``checkpoints/NAME``) atomically, with its manifest
     (rank 0 only). Only ``step-*`` directories are resumed from, averaged or pruned."""
-    final = Path(run_dir) / CHECKPOINTS_DIR / (name or step_dir_name(step))
+    final = RunDir(run_dir).checkpoints / (name or step_dir_name(step))
     with atomic_directory(final) as tmp:
         save_model_dir(model_config, model_state, tmp / CHECKPOINT_MODEL, tokenizer)
         torch.save(optimizer_state, tmp / OPTIMIZER_STATE)

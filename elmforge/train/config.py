@@ -4,7 +4,7 @@ Every field's docstring (the string literal after it) is its documentation and i
 Built, validated and overridden by the config kit (:mod:`elmforge.config`): an unknown key or a
 bad value raises :class:`~elmforge.errors.ConfigError` naming the dotted key.
 
-Three ways in: ``RunConfig.from_yaml(path, overrides)`` for elmforge's YAML (``configs/*.yaml``),
+Three ways in: ``RunConfig.from_yaml(path, overrides)`` for elmforge's YAML (``elmforge/configs/*.yaml``),
 ``RunConfig.from_dict(d)`` for a mapping of the same shape, ``RunConfig.from_corenet_yaml(path,
 overrides)`` for CoreNet's OpenELM YAML (:mod:`elmforge.train.corenet_config`).
 """

@@ -17,11 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from elmforge.train.checkpoint import atomic_write_text
-
-METRICS_FILE = "metrics.jsonl"
-PLOT_FILE = "loss.png"
-TENSORBOARD_DIR = "tb"
+from elmforge.files import atomic_write, atomic_write_text
+from elmforge.train.run_dir import RunDir
 
 
 def use_progress_bar(mode: str) -> bool:
@@ -34,7 +31,7 @@ def use_progress_bar(mode: str) -> bool:
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    path = Path(run_dir) / METRICS_FILE
+    path = RunDir(run_dir).metrics
     if not path.is_file():
         return []
     records = []
@@ -60,7 +57,7 @@ class RunLogger:
         plot: bool = True,
         progress: str = "auto",
     ) -> None:
-        self.run_dir = Path(run_dir)
+        self.run_dir = RunDir(run_dir)
         self.enabled = enabled
         self.plot_enabled = plot and enabled
         self.records: list[dict[str, Any]] = []
@@ -70,20 +67,18 @@ class RunLogger:
         if not enabled:
             return
         # A run killed before its first checkpoint starts again from step 0: drop all its lines.
-        kept = read_metrics(self.run_dir) if start_step else []
+        kept = read_metrics(self.run_dir.root) if start_step else []
         self.records = [r for r in kept if r.get("step", 0) <= start_step]
         # Rewrite the file with only the lines up to the resumed step (atomically).
-        atomic_write_text(
-            self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.records)
-        )
-        self.metrics_file = open(self.run_dir / METRICS_FILE, "a", encoding="utf-8")  # noqa: SIM115
+        atomic_write_text(self.run_dir.metrics, "".join(json.dumps(r) + "\n" for r in self.records))
+        self.metrics_file = open(self.run_dir.metrics, "a", encoding="utf-8")  # noqa: SIM115
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step drops events a killed run wrote past the checkpoint we resume from
             # (all of them when no checkpoint was reached).
             self.writer = SummaryWriter(
-                str(self.run_dir / TENSORBOARD_DIR),
+                str(self.run_dir.tensorboard),
                 purge_step=start_step + 1 if start_step else 0,
             )
         if use_progress_bar(progress):
@@ -128,13 +123,13 @@ class RunLogger:
         elif self.plain:
             print(format_plain(record), flush=True)
         if self.plot_enabled:
-            plot_losses(self.records, self.run_dir / PLOT_FILE)
+            plot_losses(self.records, self.run_dir.loss_plot)
 
     def close(self) -> None:
         if not self.enabled:
             return
         if self.plot_enabled and self.records:
-            plot_losses(self.records, self.run_dir / PLOT_FILE)
+            plot_losses(self.records, self.run_dir.loss_plot)
         self.metrics_file.close()
         if self.writer is not None:
             self.writer.close()
@@ -203,8 +198,7 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     ax.legend()
     ax.set_title(Path(path).parent.name)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)

@@ -39,11 +39,10 @@ import torch
 from elmforge.data.config import IGNORE_INDEX
 from elmforge.data.tokenizer_choice import resolve_tokenizer
 from elmforge.errors import ConfigError, ElmforgeError
+from elmforge.files import atomic_directory, atomic_write_text
 from elmforge.train import distributed as dist_utils
 from elmforge.train.checkpoint import (
     apply_retention,
-    atomic_directory,
-    atomic_write_text,
     capture_rng_state,
     clean_stale_temporaries,
     find_resume_checkpoint,
@@ -55,18 +54,9 @@ from elmforge.train.checkpoint import (
 )
 from elmforge.train.config import RunConfig
 from elmforge.train.logging import RunLogger
+from elmforge.train.mfu import flops_per_token, peak_flops_per_device
 from elmforge.train.optim import WarmupCosineSchedule, build_optimizer, loss_sums
 from elmforge.train.run_dir import RunDir
-
-# Peak dense bf16 FLOP/s of common accelerators, for the MFU estimate (vendor datasheets).
-GPU_PEAK_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12,
-                  "L4": 121e12, "V100": 125e12, "T4": 65e12, "RTX 4090": 165e12}  # fmt: skip
-# CPU peak FLOP per cycle per core, by the widest unit /proc/cpuinfo lists (two FMA ports, each
-# lane a multiply and an add): AVX2 8 fp32 lanes, AVX-512 16; bf16 dot products double the lanes
-# (AVX512_BF16), and an AMX tile unit does 1024 bf16 FLOP per cycle. The clock is assumed.
-CPU_CLOCK_HZ = 2.5e9
-CPU_FP32_FLOP_PER_CYCLE = (("avx512f", 64), ("avx2", 32))
-CPU_BF16_FLOP_PER_CYCLE = (("amx_bf16", 1024), ("avx512_bf16", 128))
 
 LoaderFactory = Callable[..., Any]
 
@@ -105,58 +95,6 @@ def build_model_config(config: RunConfig, tokenizer: Any) -> Any:
         if value is not None and value < vocab:
             fields[attr] = value
     return OpenELMConfig.from_name(config.model.name, **fields)
-
-
-def flops_per_token(model_config: Any, seq_len: int) -> float:
-    """Training FLOPs per token: 6N for the matmuls of N parameters plus PaLM's attention term.
-
-    N counts the tied embedding once (it is the output layer's matmul); attention adds
-    12 x seq_len x (query width) per layer for QK^T and AV in forward and backward (PaLM, App. B).
-    """
-    attention = sum(
-        12 * seq_len * heads * model_config.head_dim for heads in model_config.num_query_heads
-    )
-    return 6 * model_config.num_parameters_total() + attention
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-def cpu_peak_flops(precision: str, threads: int) -> tuple[float, str]:
-    """An indicative CPU peak for ``precision`` (fp32 or bf16) over ``threads`` cores."""
-    flags = cpu_flags()
-    table = CPU_FP32_FLOP_PER_CYCLE
-    if precision == "bf16":
-        table = CPU_BF16_FLOP_PER_CYCLE + CPU_FP32_FLOP_PER_CYCLE
-    unit, per_cycle = next(((f, n) for f, n in table if f in flags), ("scalar", 16))
-    return (
-        per_cycle * CPU_CLOCK_HZ * threads,
-        f"CPU {precision}: {unit} {per_cycle} FLOP/cycle x {CPU_CLOCK_HZ / 1e9:g} GHz (assumed) "
-        f"x {threads} threads",
-    )
-
-
-def peak_flops_per_device(
-    config: RunConfig, device: torch.device, precision: str = "fp32"
-) -> tuple[float, str]:
-    """(peak FLOP/s, how it was obtained) for one device at ``precision``."""
-    if config.log.peak_flops:
-        return config.log.peak_flops, "configured"
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return value, f"{key} bf16 dense datasheet"
-        return 312e12, f"unknown GPU {name!r}: assumed A100 bf16"
-    return cpu_peak_flops(precision, torch.get_num_threads())
 
 
 def _autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
@@ -236,6 +174,7 @@ class _Trainer:
         self.env = env
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
+        self.run_dir = RunDir(out_dir)
         if env.is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
             clean_stale_temporaries(out_dir)
@@ -244,7 +183,7 @@ class _Trainer:
         if tokenizer is None:
             tokenizer, tokenizer_spec = resolve_tokenizer(
                 config.data,
-                RunDir(out_dir).tokenizer,
+                self.run_dir.tokenizer,
                 is_main=env.is_main,
                 barrier=lambda: dist_utils.barrier(env),
                 report=print if env.is_main else (lambda message: None),
@@ -274,7 +213,7 @@ class _Trainer:
         self.optimizer = build_optimizer(self.model, config.optim, self.schedule.lr(0))
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.val_batches: list[dict[str, torch.Tensor]] | None = None
-        self.tokens_per_seq_flops = flops_per_token(self.model_config, config.seq_len)
+        self.flops_per_token = flops_per_token(self.model_config, config.seq_len)
         self.peak_flops, self.peak_source = peak_flops_per_device(
             config, env.device, self.precision
         )
@@ -404,7 +343,7 @@ class _Trainer:
         if trainer:
             counters.update({k: trainer[k] for k in counters if k in trainer})
         if env.is_main:
-            atomic_write_text(RunDir(self.out_dir).config, config.to_yaml())
+            atomic_write_text(self.run_dir.config, config.to_yaml())
         logger = RunLogger(
             self.out_dir, step, max_steps, enabled=env.is_main,
             tensorboard=config.log.tensorboard, plot=config.log.plot, progress=config.log.progress,
@@ -474,7 +413,7 @@ class _Trainer:
                         f"row had a non-finite loss or gradient (train.max_nonfinite_steps="
                         f"{config.train.max_nonfinite_steps}; last loss {loss}, grad norm "
                         f"{grad_norm}, lr {lr:.3g}); checkpoint saved at "
-                        f"{path or self.out_dir / 'checkpoints'}; lower optim.lr or check the data"
+                        f"{path or self.run_dir.checkpoints}; lower optim.lr or check the data"
                     )
                 eval_due = step == max_steps or (
                     config.log.eval_every > 0 and step % config.log.eval_every == 0
@@ -493,7 +432,7 @@ class _Trainer:
                         "grad_norm": grad_norm,
                         "tokens": counters["tokens"],
                         "tokens_per_s": tokens_per_s,
-                        "mfu": tokens_per_s * self.tokens_per_seq_flops
+                        "mfu": tokens_per_s * self.flops_per_token
                         / (self.peak_flops * env.world_size),
                         "elapsed_s": counters["elapsed_s"],
                         "eta_s": (max_steps - step) * seconds / interval_steps,
@@ -524,7 +463,7 @@ class _Trainer:
             logger.close()
 
     def _write_final(self) -> Path:
-        final = RunDir(self.out_dir).final
+        final = self.run_dir.final
         model_state = dist_utils.full_model_state(self.model)
         if self.env.is_main:
             with atomic_directory(final) as tmp:

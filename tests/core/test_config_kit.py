@@ -63,7 +63,7 @@ def test_unreadable_yaml_is_one_line_naming_the_file(tmp_path, content):
 
 
 def test_bpe_vocab_size_lives_in_the_data_section():
-    config = RunConfig.from_yaml(REPO_ROOT / "configs" / "tiny-cpu.yaml")
+    config = RunConfig.from_yaml(REPO_ROOT / "elmforge" / "configs" / "tiny-cpu.yaml")
     assert config.data.bpe_vocab_size == 8192
     with pytest.raises(ConfigError, match=r"data\.bpe_vocab_size"):
         RunConfig.from_dict({"data": {"bpe_vocab_size": 10}})

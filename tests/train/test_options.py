@@ -13,7 +13,7 @@ from elmforge.model.modeling import OpenELMFeedForwardNetwork
 from elmforge.train import RunConfig, pretrain
 from elmforge.train.checkpoint import clean_stale_temporaries
 from elmforge.train.logging import format_plain, use_progress_bar
-from elmforge.train.loop import flops_per_token
+from elmforge.train.mfu import flops_per_token
 from tests.train.helpers import learning_curve, micro_run
 
 QUIET = {"eval_batches": 0, "tensorboard": False, "plot": False}
