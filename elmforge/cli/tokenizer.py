@@ -1,4 +1,5 @@
-"""`elmforge tokenizer train --data CONFIG_OR_SOURCE --vocab-size N --out DIR`."""
+"""`elmforge tokenizer train --data CONFIG_OR_SOURCE --vocab-size N --out DIR` and
+`elmforge tokenizer install PATH` (LLaMA-2's tokenizer.model into the user cache)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "tokenizer",
-        help="train a BPE tokenizer on configured data",
+        help="train a BPE tokenizer on configured data; install LLaMA-2's tokenizer.model",
         description="Tokenizer tools.",
     )
     verbs = p.add_subparsers(dest="tokenizer_verb", metavar="SUBCOMMAND")
@@ -29,6 +30,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--max-documents", type=int, metavar="N", help="train on the first N documents")
     q.add_argument("--split", default="train", choices=["train", "validation"])
     q.set_defaults(run=run)
+    install = verbs.add_parser(
+        "install",
+        help="copy LLaMA-2's tokenizer.model into the user cache, where every verb finds it",
+        description="Check that PATH is LLaMA-2's SentencePiece model (32000 pieces) and copy it "
+        "to the user cache ($XDG_CACHE_HOME/elmforge/llama2-tokenizer.model, by default "
+        "~/.cache/elmforge/), the place elmforge looks after --tokenizer / data.tokenizer and "
+        "$ELMFORGE_LLAMA2_TOKENIZER.",
+    )
+    install.add_argument("path", metavar="PATH", help="LLaMA-2's tokenizer.model")
+    install.add_argument("--force", action="store_true", help="replace a different installed one")
+    install.set_defaults(run=run_install)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,4 +50,11 @@ def run(args: argparse.Namespace) -> int:
     texts = iter_training_texts(args.data, args.split, args.max_documents)
     tokenizer = train_bpe_tokenizer(texts, args.vocab_size, args.out)
     print(f"tokenizer: {len(tokenizer)} tokens, saved to {args.out}")
+    return 0
+
+
+def run_install(args: argparse.Namespace) -> int:
+    from elmforge.data.tokenizer import install_llama2_tokenizer
+
+    print(f"installed: {install_llama2_tokenizer(args.path, force=args.force)}")
     return 0

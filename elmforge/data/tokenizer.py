@@ -2,7 +2,7 @@
 
 OpenELM uses LLaMA-2's SentencePiece BPE model. transformers 5.x's own conversion of a
 ``tokenizer.model`` ranks BPE merges by piece id instead of by SentencePiece score, so runs of
-spaces tokenise differently from ``sentencepiece`` (SPEC.md, "Known pitfall"). We therefore
+spaces tokenise differently from ``sentencepiece`` (docs/openelm.md, "Tokenizer"). We therefore
 build the Rust ``tokenizers`` BPE from the model proto ourselves: every piece keeps its id,
 merges are ranked by the score of the piece they produce (SentencePiece merges the pair whose
 result scores highest), unknown characters fall back to bytes, and the normaliser/decoder
@@ -37,6 +37,11 @@ def user_cache_dir() -> Path:
     return Path(base) / "elmforge"
 
 
+def llama2_cache_path() -> Path:
+    """Where ``elmforge tokenizer install`` puts the LLaMA-2 ``tokenizer.model``."""
+    return user_cache_dir() / LLAMA2_TOKENIZER_FILE
+
+
 def default_tokenizer_path() -> Path | None:
     """Where the LLaMA-2 ``tokenizer.model`` is, if anywhere, looked up in this order:
 
@@ -50,7 +55,7 @@ def default_tokenizer_path() -> Path | None:
     candidates = []
     if os.environ.get(LLAMA2_TOKENIZER_ENV):
         candidates.append(Path(os.environ[LLAMA2_TOKENIZER_ENV]).expanduser())
-    candidates.append(user_cache_dir() / LLAMA2_TOKENIZER_FILE)
+    candidates.append(llama2_cache_path())
     if os.environ.get("ELMFORGE_SHARED"):
         candidates.append(Path(os.environ["ELMFORGE_SHARED"]) / "data" / LLAMA2_TOKENIZER_FILE)
     checkout = Path(__file__).resolve().parents[2]
@@ -60,6 +65,37 @@ def default_tokenizer_path() -> Path | None:
         if path.is_file():
             return path.resolve()
     return None
+
+
+def install_llama2_tokenizer(path: str | os.PathLike, force: bool = False) -> Path:
+    """Copy LLaMA-2's ``tokenizer.model`` into the user cache, where every verb finds it without
+    a tokenizer option (see :func:`default_tokenizer_path`); return where it went.
+
+    The file is checked first (a SentencePiece BPE model of 32000 pieces with bos 1 and eos 2);
+    a different file already installed is replaced only with ``force``.
+    """
+    from elmforge.files import atomic_write_bytes
+
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise ElmforgeError(f"{source}: no such file")
+    proto = _read_sentencepiece_proto(source)
+    trainer = proto.trainer_spec
+    shape = (len(proto.pieces), trainer.model_type, trainer.bos_id, trainer.eos_id)
+    if shape != (LLAMA2_VOCAB_SIZE, 2, 1, 2):
+        raise ElmforgeError(
+            f"{source}: not LLaMA-2's tokenizer.model ({len(proto.pieces)} pieces, bos "
+            f"{trainer.bos_id}, eos {trainer.eos_id}; expected {LLAMA2_VOCAB_SIZE} BPE pieces, "
+            "bos 1, eos 2)"
+        )
+    target = llama2_cache_path()
+    data = source.read_bytes()
+    if target.is_file() and target.read_bytes() != data and not force:
+        raise ElmforgeError(
+            f"{target}: a different tokenizer.model is installed; {{option}} replaces it",
+            option="force",
+        )
+    return atomic_write_bytes(target, data)
 
 
 def _read_sentencepiece_proto(path: Path):

@@ -29,11 +29,12 @@ BPE_TRAINING_CHARACTERS = 8_000_000
 
 def llama2_missing_message(subject: str) -> str:
     """How to provide the LLaMA-2 tokenizer, for errors that need it."""
-    from elmforge.data.tokenizer import LLAMA2_TOKENIZER_ENV, LLAMA2_TOKENIZER_FILE, user_cache_dir
+    from elmforge.data.tokenizer import LLAMA2_TOKENIZER_ENV, llama2_cache_path
 
     return (
-        f"{subject}: the LLaMA-2 tokenizer was not found; pass --tokenizer PATH/tokenizer.model, "
-        f"set ${LLAMA2_TOKENIZER_ENV}, or copy it to {user_cache_dir() / LLAMA2_TOKENIZER_FILE}"
+        f"{subject}: the LLaMA-2 tokenizer was not found; give its tokenizer.model as "
+        f"{subject}, set ${LLAMA2_TOKENIZER_ENV}, or install it once with "
+        f"`elmforge tokenizer install PATH` (into {llama2_cache_path()})"
     )
 
 

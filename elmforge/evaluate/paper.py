@@ -1,8 +1,8 @@
 """Figures from the OpenELM paper, for display beside measured ones only (never test expectations).
 
-Only figures re-checked against the paper are listed (SPEC.md section 4): the Table 1 headline
-averages over the OpenLLM-leaderboard tasks and OpenELM-270M's zero-shot WinoGrande accuracy
-(Table 4a). Others are left out rather than quoted from memory; add one only with its table and
+Only figures re-checked against the paper are listed (docs/openelm.md, "Evaluation"): the
+Table 1 headline averages over the OpenLLM-leaderboard tasks and OpenELM-270M's zero-shot
+WinoGrande accuracy (Table 4a). Others are left out rather than quoted from memory; add one only with its table and
 ``checked=False`` so the report marks it "not re-checked".
 """
 

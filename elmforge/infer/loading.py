@@ -80,7 +80,8 @@ def has_tokenizer(model_dir: Path) -> bool:
 def find_tokenizer(model_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
     """The tokenizer to use: ``tokenizer`` if given, else the model directory's own, else (for a
     model with LLaMA-2's 32000-token vocabulary, as Apple's checkpoints have) the LLaMA-2
-    ``tokenizer.model`` under shared/data, which is what Apple evaluated with.
+    ``tokenizer.model`` where :func:`elmforge.data.tokenizer.default_tokenizer_path` finds it,
+    which is what Apple evaluated with.
 
     Anything else is an error rather than a silent guess: scores and text depend on the exact
     tokenizer.

@@ -39,7 +39,7 @@ def _interpolate(multipliers: float | Sequence[float], num_layers: int) -> list[
     return values
 
 
-# The four published variants (SPEC.md section 1) and tiny shapes for CPU work. Every variant uses
+# The four published variants (docs/openelm.md, "Variants and parameter counts") and tiny shapes for CPU work. Every variant uses
 # alpha 0.5 -> 1.0 (qkv), beta 0.5 -> 4.0 (ffn) and 4 GQA groups.
 _PAPER_SCALING: dict[str, Any] = {
     "qkv_multipliers": (0.5, 1.0),
@@ -268,7 +268,7 @@ class OpenELMConfig(PretrainedConfig):
         return qkv + out + norms + ffn_in + ffn * d
 
     def num_parameters_total(self) -> int:
-        """All parameters, the tied embedding counted once (the figure in SPEC.md's table)."""
+        """All parameters, the tied embedding counted once (docs/openelm.md's variants table)."""
         embedding = self.vocab_size * self.model_dim
         head = 0 if self.share_input_output_layers else embedding
         layers = sum(self.layer_parameters(i) for i in range(self.num_transformer_layers))

@@ -251,7 +251,7 @@ class OpenELMPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        """CoreNet's initialisation (SPEC.md section 1).
+        """CoreNet's initialisation (docs/openelm.md, "Initialisation").
 
         Linear N(0, in^-1/2); embedding N(0, d^-1/2); norms 1; residual output projections
         (``out_proj``, ``ffn.proj_2``) N(0, d^-1/2 (2N)^-1/2).

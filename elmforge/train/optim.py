@@ -20,8 +20,9 @@ from elmforge.train.config import OptimSection, ScheduleSection
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two AdamW groups: matrices and the embedding decay; norms and biases (1-D) do not.
 
-    That is CoreNet's ``no_decay_bn_filter_bias`` rule (SPEC.md: "weight decay 0.1 not on
-    norms/biases"); the tied embedding is one parameter and decays once.
+    That is CoreNet's ``no_decay_bn_filter_bias`` rule (docs/openelm.md, "Pretraining recipe":
+    weight decay 0.1, not applied to norms or biases); the tied embedding is one parameter and
+    decays once.
     """
     decay, no_decay = [], []
     for _name, param in model.named_parameters():

@@ -112,3 +112,44 @@ def test_bad_tokenizer_inputs(tmp_path):
         load_tokenizer(bogus)
     with pytest.raises(ElmforgeError, match="at least 260"):
         train_bpe_tokenizer(["a"], vocab_size=10)
+
+
+def test_tokenizer_install_puts_llama2_where_every_verb_finds_it(
+    llama2_tokenizer_path, tmp_path, monkeypatch, capsys
+):
+    import sentencepiece
+
+    from elmforge.cli.main import main
+    from elmforge.data.tokenizer import default_tokenizer_path, llama2_cache_path
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("ELMFORGE_LLAMA2_TOKENIZER", raising=False)
+    target = tmp_path / "cache" / "elmforge" / "llama2-tokenizer.model"
+    assert llama2_cache_path() == target
+    assert main(["tokenizer", "install", str(llama2_tokenizer_path)]) == 0
+    assert target.read_bytes() == llama2_tokenizer_path.read_bytes()
+    assert default_tokenizer_path() == target.resolve()
+    assert main(["tokenizer", "install", str(llama2_tokenizer_path)]) == 0  # same file: fine
+    # Not LLaMA-2's: a small SentencePiece BPE model, and a file that is no model at all.
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(f"word{i} and more words {i % 7}" for i in range(500)))
+    sentencepiece.SentencePieceTrainer.train(
+        input=str(corpus), model_prefix=str(tmp_path / "small"), vocab_size=60,
+        model_type="bpe", minloglevel=2,
+    )  # fmt: skip
+    junk = tmp_path / "junk.model"
+    junk.write_bytes(b"\x00\x01not a model")
+    capsys.readouterr()
+    for path, mention in (
+        (tmp_path / "small.model", "not LLaMA-2's"),
+        (junk, "not a SentencePiece"),
+    ):
+        assert main(["tokenizer", "install", str(path)]) == 2
+        assert mention in capsys.readouterr().err
+    # A different file already installed is replaced only with --force.
+    target.write_bytes(b"something else")
+    assert main(["tokenizer", "install", str(llama2_tokenizer_path)]) == 2
+    assert "--force replaces it" in capsys.readouterr().err
+    assert target.read_bytes() == b"something else"
+    assert main(["tokenizer", "install", str(llama2_tokenizer_path), "--force"]) == 0
+    assert target.read_bytes() == llama2_tokenizer_path.read_bytes()

@@ -11,7 +11,7 @@ import elmforge
 from elmforge import OpenELMConfig, make_divisible
 from elmforge.cli.main import main
 
-# SPEC.md section 1: parameters, the tied embedding counted once.
+# docs/openelm.md, "Variants and parameter counts": parameters, the tied embedding counted once.
 PAPER_PARAMETERS = {
     "OpenELM-270M": 271_527_168,
     "OpenELM-450M": 457_179_136,
@@ -69,7 +69,7 @@ APPLE_270M_CONFIG = {
     "use_cache": True,
     "vocab_size": 32000,
 }
-# Fields every reader of Apple's layout relies on (SPEC.md section 2).
+# Fields every reader of Apple's layout relies on (docs/openelm.md, "Checkpoint layouts").
 APPLE_FIELDS = [
     "model_dim", "num_transformer_layers", "head_dim", "num_query_heads", "num_kv_heads",
     "num_gqa_groups", "ffn_multipliers", "qkv_multipliers", "ffn_dim_divisor", "ffn_with_glu",

@@ -14,7 +14,7 @@ from elmforge.train.config import RunConfig, documented_keys
 from tests.train.helpers import REPO_ROOT, write_yaml
 
 CONFIGS = REPO_ROOT / "elmforge" / "configs"
-# SPEC.md section 3 (paper Table 9 / CoreNet): peak LR per variant.
+# docs/openelm.md, "Pretraining recipe" (paper Table 9 / CoreNet): peak LR per variant.
 PAPER_LR = {"270m": 5.3e-3, "450m": 3.9e-3, "1_1b": 2.4e-3, "3b": 1.2e-3}
 PAPER_NAME = {"270m": "OpenELM-270M", "450m": "OpenELM-450M", "1_1b": "OpenELM-1_1B",
               "3b": "OpenELM-3B"}  # fmt: skip
