@@ -150,7 +150,9 @@ def latest_checkpoints(run_dir: Path, count: int) -> list[Path]:
     if len(good) < count:
         raise CheckpointError(
             f"{run_dir}: {len(good)} intact checkpoint(s) under {CHECKPOINTS}/, "
-            f"{count} asked for (--last {count})"
+            f"{count} asked for ({{option}} {count})",
+            option="count",
+            flag="--last",
         )
     return list(reversed(good))
 
