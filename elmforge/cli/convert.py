@@ -1,14 +1,21 @@
-"""`elmforge convert`: CoreNet .pt checkpoints <-> Hugging Face layout."""
+"""`elmforge convert`: CoreNet .pt checkpoints <-> Hugging Face layout, HF <-> GGUF (llama.cpp),
+HF -> MLX (mlx-lm). MODEL may also be a run directory (its final/) or a checkpoint step directory
+(its model/)."""
 
 from __future__ import annotations
 
 import argparse
+import time
+from pathlib import Path
+
+MODEL_HELP = "model directory, run directory (uses final/) or checkpoint step directory"
+TOKENIZER_HELP = "tokenizer.model / tokenizer dir (default: the model's own, else LLaMA-2's)"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert",
-        help="convert checkpoints between CoreNet .pt and the Hugging Face layout",
+        help="convert between CoreNet .pt, the Hugging Face layout, GGUF (llama.cpp) and MLX",
         description="Convert OpenELM checkpoints between formats.",
     )
     sub = p.add_subparsers(dest="direction", metavar="DIRECTION")
@@ -34,28 +41,128 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="an HF-layout directory -> a CoreNet .pt state dict",
         description="Write an HF-layout OpenELM model as a CoreNet state dict (embedding padded).",
     )
-    to_corenet.add_argument("model_dir", metavar="MODEL_DIR")
+    to_corenet.add_argument("model_dir", metavar="MODEL", help=MODEL_HELP)
     to_corenet.add_argument("out_path", metavar="OUT.pt")
     to_corenet.set_defaults(run=run_hf_to_corenet)
+    add_export_parsers(sub)
+
+
+def add_export_parsers(sub: argparse._SubParsersAction) -> None:
+    to_gguf = sub.add_parser(
+        "hf-to-gguf",
+        help="a model -> a GGUF file for llama.cpp",
+        description="Write an OpenELM model as GGUF (llama.cpp's openelm architecture) with its "
+        "vocabulary, special tokens and chat template. 1-D tensors and norms stay f32.",
+    )
+    to_gguf.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    to_gguf.add_argument("out_path", metavar="OUT.gguf")
+    to_gguf.add_argument(
+        "--type",
+        default="f16",
+        metavar="f32|f16|bf16|q8_0",
+        help="weight type (f16, llama.cpp's default); q8_0 is computed with gguf.quants",
+    )
+    to_gguf.add_argument("--tokenizer", metavar="PATH", help=TOKENIZER_HELP)
+    to_gguf.add_argument("--force", action="store_true", help="replace an existing OUT.gguf")
+    to_gguf.set_defaults(run=run_hf_to_gguf)
+
+    from_gguf = sub.add_parser(
+        "gguf-to-hf",
+        help="an OpenELM GGUF file -> a complete HF-layout directory",
+        description="Read an OpenELM GGUF (f32, f16, bf16 or q8_0, dequantised) into Apple's HF "
+        "layout with tokenizer files and the chat template the file carries.",
+    )
+    from_gguf.add_argument("gguf_path", metavar="IN.gguf")
+    from_gguf.add_argument("out_dir", metavar="OUT_DIR")
+    from_gguf.add_argument(
+        "--dtype",
+        default="float32",
+        metavar="float32|float16|bfloat16",
+        help="weights dtype of the output (float32: exact for every GGUF type read)",
+    )
+    from_gguf.add_argument("--tokenizer", metavar="PATH", help="use this instead of the file's")
+    from_gguf.add_argument("--force", action="store_true", help="replace an earlier output")
+    from_gguf.set_defaults(run=run_gguf_to_hf)
+
+    to_mlx = sub.add_parser(
+        "hf-to-mlx",
+        help="a model -> an MLX directory for mlx-lm (Apple devices)",
+        description="Convert with mlx-lm's own converter, optionally quantised, with the "
+        "tokenizer and chat template beside the weights.",
+    )
+    to_mlx.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    to_mlx.add_argument("out_dir", metavar="OUT_DIR")
+    to_mlx.add_argument("--quantize", type=int, metavar="4|8", help="quantise to 4 or 8 bits")
+    to_mlx.add_argument(
+        "--group-size",
+        type=int,
+        default=64,
+        metavar="N",
+        help="quantisation group size: 32, 64 or 128 (64)",
+    )
+    to_mlx.add_argument("--tokenizer", metavar="PATH", help=TOKENIZER_HELP)
+    to_mlx.add_argument("--force", action="store_true", help="replace an earlier output")
+    to_mlx.set_defaults(run=run_hf_to_mlx)
 
 
 def run_corenet_to_hf(args: argparse.Namespace) -> int:
+    from elmforge.export.prepare import DirectoryCompletion, is_instruct
     from elmforge.model.convert import corenet_to_hf
     from elmforge.model.profile import resolve_config
 
-    config = resolve_config(args.name)
-    tokenizer = None
-    if args.tokenizer is not None:
-        from elmforge.data.tokenizer import load_tokenizer
-
-        tokenizer = load_tokenizer(args.tokenizer)
-    out = corenet_to_hf(args.checkpoint, args.out_dir, config, tokenizer)
+    # corenet_to_hf saves "the tokenizer" with save_pretrained into its temporary directory; a
+    # DirectoryCompletion there makes the output complete before it is renamed into place.
+    completion = DirectoryCompletion(args.tokenizer, instruct=is_instruct(args.out_dir))
+    out = corenet_to_hf(args.checkpoint, args.out_dir, resolve_config(args.name), completion)
     print(f"wrote {out}")
     return 0
 
 
+def run_hf_to_gguf(args: argparse.Namespace) -> int:
+    from elmforge.export.gguf import hf_to_gguf
+
+    start = time.monotonic()
+    out = hf_to_gguf(
+        args.model, args.out_path, args.type, force=args.force, tokenizer=args.tokenizer
+    )
+    print(f"wrote {out} ({args.type}, {_size(out)}, {time.monotonic() - start:.1f} s)")
+    return 0
+
+
+def run_gguf_to_hf(args: argparse.Namespace) -> int:
+    from elmforge.export.gguf import gguf_to_hf
+
+    out = gguf_to_hf(
+        args.gguf_path, args.out_dir, force=args.force, tokenizer=args.tokenizer, dtype=args.dtype
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def run_hf_to_mlx(args: argparse.Namespace) -> int:
+    from elmforge.export.mlx import hf_to_mlx
+
+    out = hf_to_mlx(
+        args.model,
+        args.out_dir,
+        quantize=args.quantize,
+        group_size=args.group_size,
+        force=args.force,
+        tokenizer=args.tokenizer,
+    )
+    bits = f"{args.quantize}-bit" if args.quantize else "unquantised"
+    print(f"wrote {out} ({bits}, {_size(out)})")
+    return 0
+
+
+def _size(path: Path) -> str:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return f"{sum(p.stat().st_size for p in files) / 1e6:.1f} MB"
+
+
 def run_hf_to_corenet(args: argparse.Namespace) -> int:
+    from elmforge.export.prepare import resolve_model_dir
     from elmforge.model.convert import hf_to_corenet
 
-    print(f"wrote {hf_to_corenet(args.model_dir, args.out_path)}")
+    print(f"wrote {hf_to_corenet(resolve_model_dir(args.model_dir), args.out_path)}")
     return 0

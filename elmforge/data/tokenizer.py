@@ -178,6 +178,9 @@ def sentencepiece_to_fast(path: str | os.PathLike) -> PreTrainedTokenizerFast:
         add_eos_token=False,
         clean_up_tokenization_spaces=False,
         model_max_length=int(1e30),
+        # Where the SentencePiece model came from: a complete model directory keeps a copy
+        # (elmforge.export.prepare), for tools that read tokenizer.model (llama.cpp's converter).
+        name_or_path=str(path),
         **special,
     )
 

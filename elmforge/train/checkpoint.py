@@ -213,8 +213,10 @@ def save_model_dir(
     model.config.dtype = dtype
     with _quiet_transformers():
         model.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
+    if tokenizer is not None:  # a complete model directory (tokenizer files, generation config)
+        from elmforge.export.prepare import complete_model_dir
+
+        complete_model_dir(directory, tokenizer)
 
 
 @contextlib.contextmanager
@@ -334,6 +336,9 @@ def average_checkpoints(paths: list[Path], out_dir: Path) -> Path:
         for extra in sorted(last.iterdir()):
             if extra.is_file() and extra.name not in _MODEL_FILES:
                 shutil.copy2(extra, tmp / extra.name)
+        from elmforge.export.prepare import complete_model_dir, is_instruct
+
+        complete_model_dir(tmp, instruct=is_instruct(out_dir))
         sources = [str(p) for p in model_dirs]
         (tmp / "averaged_from.json").write_text(json.dumps(sources, indent=1), encoding="utf-8")
     return Path(out_dir)

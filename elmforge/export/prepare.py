@@ -1,0 +1,345 @@
+"""Complete model directories: what every tool needs beside the weights, written by elmforge.
+
+Apple's hub repositories (``apple/OpenELM-*``) hold ``config.json`` and the weights only: no
+tokenizer, no chat template. A *complete* model directory also has
+
+- ``tokenizer.json`` + ``tokenizer_config.json``: our exact fast tokenizer (for LLaMA-2, the
+  SentencePiece model converted so that it encodes exactly like ``sentencepiece``; see
+  :mod:`elmforge.data.tokenizer`), loadable by ``AutoTokenizer`` and mlx-lm;
+- ``tokenizer.model``: the SentencePiece model itself, when the tokenizer is one (llama.cpp's
+  converter and ``hf-to-gguf`` read its scores and piece types);
+- ``generation_config.json`` (bos/eos ids, from ``config.json``);
+- the chat template, as ``chat_template.jinja`` (transformers 5) and as ``chat_template`` in
+  ``tokenizer_config.json`` (older transformers, gguf's converter), when one is given or the
+  directory is an ``-Instruct`` model (Apple's template, :data:`APPLE_CHAT_TEMPLATE`).
+
+:func:`complete_model_dir` adds what is missing in place (each file written to a temporary name
+and renamed); pretraining's ``final/`` and checkpoints, ``average`` and every ``convert`` output
+call it. :func:`prepare_model_dir` is ``elmforge prepare``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from elmforge.data.chat import APPLE_CHAT_TEMPLATE
+from elmforge.errors import CheckpointError, ElmforgeError, OptionError
+from elmforge.files import (
+    atomic_directory,
+    atomic_write_json,
+    atomic_write_text,
+    claim_output,
+)
+from elmforge.train.run_dir import RunDir, enclosing_run_dir, is_run_dir
+
+CONFIG = "config.json"
+TOKENIZER_JSON = "tokenizer.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+SENTENCEPIECE_MODEL = "tokenizer.model"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+GENERATION_CONFIG = "generation_config.json"
+CHECKPOINT_MODEL = "model"  # a checkpoint step directory keeps its model here
+# transformers 5 writes "TokenizersBackend", which transformers 4 (still common beside mlx-lm)
+# does not know; both read this name.
+TOKENIZER_CLASS = "PreTrainedTokenizerFast"
+
+
+# -- which directory ---------------------------------------------------------------------------
+def resolve_model_dir(path: str | os.PathLike) -> Path:
+    """The model directory MODEL names: itself, a run directory's ``final/``, or a checkpoint
+    step directory's ``model/``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such model directory")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: expected a model directory, got a file")
+    if is_run_dir(path):
+        final = RunDir(path).final
+        if (final / CONFIG).is_file():
+            return final
+        from elmforge.train.checkpoint import list_checkpoints
+
+        steps = list_checkpoints(path)
+        hint = f", e.g. {steps[-1]}" if steps else ""
+        raise CheckpointError(
+            f"{path}: the run has no finished model (final/) yet; pass one of its checkpoint "
+            f"directories{hint}"
+        )
+    if not (path / CONFIG).is_file() and (path / CHECKPOINT_MODEL / CONFIG).is_file():
+        return path / CHECKPOINT_MODEL
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"{path}: not a model directory (no config.json)")
+    return path
+
+
+def read_config(model_dir: Path) -> dict[str, Any]:
+    """``config.json`` of an OpenELM model directory as a dict, or a one-line error."""
+    path = Path(model_dir) / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{model_dir}: not a model directory (no config.json)") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not readable JSON ({err})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    if config.get("model_type") != "openelm":
+        raise CheckpointError(f"{path}: model_type is {config.get('model_type')!r}, not 'openelm'")
+    return config
+
+
+def is_instruct(model_dir: str | os.PathLike, config: dict[str, Any] | None = None) -> bool:
+    """Whether the directory holds an ``-Instruct`` model (by its name or ``_name_or_path``)."""
+    names = [Path(model_dir).resolve().name, str((config or {}).get("_name_or_path", ""))]
+    return any("instruct" in name.lower() for name in names)
+
+
+def has_tokenizer_files(model_dir: Path) -> bool:
+    return (model_dir / TOKENIZER_JSON).is_file() and (model_dir / TOKENIZER_CONFIG).is_file()
+
+
+# -- completing ------------------------------------------------------------------------------------
+def complete_model_dir(
+    model_dir: str | os.PathLike,
+    tokenizer: Any = None,
+    *,
+    chat_template: str | None = None,
+    require_tokenizer: bool = False,
+    instruct: bool | None = None,
+) -> Path:
+    """Make ``model_dir`` complete in place (see the module docstring) and return it.
+
+    ``tokenizer``: a tokenizer object, or a spec (``tokenizer.model``, a tokenizer directory)
+    written into the directory (replacing its own); None keeps the directory's tokenizer,
+    converts a lone ``tokenizer.model``, or, for LLaMA-2's 32000-token vocabulary, uses the
+    LLaMA-2 model (:func:`elmforge.data.tokenizer.default_tokenizer_path`). Without any of these
+    the tokenizer is left out, or, with ``require_tokenizer``, it is a one-line error saying how
+    to provide it. ``chat_template`` is written when given; otherwise an ``-Instruct`` directory
+    (``instruct`` overrides the name check, for temporary directories) without a template gets
+    Apple's.
+    """
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    if instruct is None:
+        instruct = is_instruct(model_dir, config)
+    tokenizer, source = pick_tokenizer(model_dir, tokenizer, config, require_tokenizer)
+    if tokenizer is not None:
+        _write_tokenizer(model_dir, tokenizer, source, config)
+    if has_tokenizer_files(model_dir):
+        template = chat_template
+        if template is None and instruct and current_chat_template(model_dir) is None:
+            template = APPLE_CHAT_TEMPLATE
+        if template is None:
+            template = current_chat_template(model_dir)
+        if template is not None:
+            write_chat_template(model_dir, template)
+    if not (model_dir / GENERATION_CONFIG).is_file():
+        _write_generation_config(model_dir, config)
+    return model_dir
+
+
+class DirectoryCompletion:
+    """Stands where code that must not know tokenizers saves "a tokenizer" into a directory it is
+    writing (``save_pretrained(directory)``: ``model.convert.corenet_to_hf``): completes that
+    directory instead, with ``tokenizer`` (required when given) and the chat-template rule."""
+
+    def __init__(self, tokenizer: Any = None, *, instruct: bool | None = None) -> None:
+        self.tokenizer, self.instruct = tokenizer, instruct
+
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        complete_model_dir(
+            directory,
+            self.tokenizer,
+            require_tokenizer=self.tokenizer is not None,
+            instruct=self.instruct,
+        )
+
+
+def pick_tokenizer(
+    model_dir: Path, tokenizer: Any, config: dict[str, Any], required: bool
+) -> tuple[Any, Path | None]:
+    """(tokenizer object to write or None to keep what is there, its SentencePiece model)."""
+    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE, default_tokenizer_path, load_tokenizer
+
+    if tokenizer is None:
+        if has_tokenizer_files(model_dir):
+            return None, None
+        if (model_dir / TOKENIZER_JSON).is_file() or (model_dir / SENTENCEPIECE_MODEL).is_file():
+            tokenizer = model_dir  # tokenizer.json without its config, or a lone tokenizer.model
+        elif config.get("vocab_size") == LLAMA2_VOCAB_SIZE:
+            tokenizer = default_tokenizer_path()
+        if tokenizer is None:
+            if required:
+                raise OptionError("tokenizer", missing_tokenizer_message(model_dir, config))
+            return None, None
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = load_tokenizer(tokenizer)
+    return tokenizer, sentencepiece_source(tokenizer)
+
+
+def missing_tokenizer_message(model_dir: Path, config: dict[str, Any]) -> str:
+    """The error for a directory without tokenizer files (``{option}``: the tokenizer flag)."""
+    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE
+    from elmforge.data.tokenizer_choice import llama2_missing_message
+
+    vocab = config.get("vocab_size")
+    if vocab != LLAMA2_VOCAB_SIZE:
+        return (
+            f"{model_dir}: no tokenizer (tokenizer.json or tokenizer.model) and vocab_size "
+            f"{vocab} is not LLaMA-2's {LLAMA2_VOCAB_SIZE}; give {{option}} PATH"
+        )
+    return f"{model_dir}: no tokenizer files; {llama2_missing_message('{option}')}"
+
+
+def sentencepiece_source(tokenizer: Any) -> Path | None:
+    """The SentencePiece model a tokenizer was built from (``load_tokenizer`` records it as
+    ``name_or_path``), if it is one: a ``.model`` file, or a directory holding ``tokenizer.model``."""
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    if not name:
+        return None
+    path = Path(name)
+    if path.is_dir():
+        path = path / SENTENCEPIECE_MODEL
+    if path.is_file() and path.suffix == ".model":
+        return path
+    return None
+
+
+def _write_tokenizer(
+    model_dir: Path, tokenizer: Any, source: Path | None, config: dict[str, Any]
+) -> None:
+    vocab_size = config.get("vocab_size")
+    if isinstance(vocab_size, int) and len(tokenizer) > vocab_size:
+        raise ElmforgeError(
+            f"{model_dir}: the tokenizer has {len(tokenizer)} tokens, more than the model's "
+            f"vocab_size {vocab_size}"
+        )
+    # Saved beside the directory's files, then each renamed into place (never half a file).
+    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".tokenizer.tmp-") as tmp:
+        staging = Path(tmp)
+        tokenizer.save_pretrained(staging)
+        settings = json.loads((staging / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
+        settings.update(tokenizer_flags(tokenizer))
+        (staging / TOKENIZER_CONFIG).write_text(
+            json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        if source is not None and source.resolve() != (model_dir / SENTENCEPIECE_MODEL).resolve():
+            shutil.copyfile(source, staging / SENTENCEPIECE_MODEL)
+        if source is None and (model_dir / SENTENCEPIECE_MODEL).is_file():
+            # A tokenizer.model that is not this tokenizer's source would mislead llama.cpp.
+            (model_dir / SENTENCEPIECE_MODEL).unlink()
+        for item in sorted(staging.iterdir(), key=lambda p: p.name == TOKENIZER_CONFIG):
+            if item.is_file():
+                os.chmod(item, 0o666 & ~_umask())
+                os.replace(item, model_dir / item.name)
+
+
+def tokenizer_flags(tokenizer: Any) -> dict[str, Any]:
+    """``tokenizer_config.json`` entries transformers 5 leaves out but other readers need: the
+    class name every version knows and whether bos/eos are added (from an actual encoding)."""
+    ids = tokenizer("a").input_ids
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return {
+        "tokenizer_class": TOKENIZER_CLASS,
+        "add_bos_token": bool(ids) and bos is not None and ids[0] == bos,
+        "add_eos_token": bool(ids) and eos is not None and ids[-1] == eos,
+    }
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def current_chat_template(model_dir: Path) -> str | None:
+    """The directory's chat template (``chat_template.jinja`` first, as transformers 5 reads)."""
+    jinja = model_dir / CHAT_TEMPLATE_FILE
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    try:
+        settings = json.loads((model_dir / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    template = settings.get("chat_template") if isinstance(settings, dict) else None
+    return template if isinstance(template, str) else None
+
+
+def write_chat_template(model_dir: Path, template: str) -> None:
+    """Write ``template`` both where transformers 5 reads it and in ``tokenizer_config.json``."""
+    config_path = model_dir / TOKENIZER_CONFIG
+    try:
+        settings = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ElmforgeError(f"{config_path}: cannot read the tokenizer config ({err})") from None
+    jinja = model_dir / CHAT_TEMPLATE_FILE
+    if not jinja.is_file() or jinja.read_text(encoding="utf-8") != template:
+        atomic_write_text(jinja, template)
+    if settings.get("chat_template") != template:
+        settings["chat_template"] = template
+        atomic_write_json(config_path, settings)
+
+
+def _write_generation_config(model_dir: Path, config: dict[str, Any]) -> None:
+    from transformers import GenerationConfig
+
+    generation = GenerationConfig(
+        bos_token_id=config.get("bos_token_id"),
+        eos_token_id=config.get("eos_token_id"),
+        pad_token_id=config.get("pad_token_id"),
+    )
+    atomic_write_text(model_dir / GENERATION_CONFIG, generation.to_json_string(use_diff=True))
+
+
+# -- elmforge prepare ----------------------------------------------------------------------------
+def prepare_model_dir(
+    model_dir: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    tokenizer: str | os.PathLike | None = None,
+    force: bool = False,
+) -> Path:
+    """``elmforge prepare``: complete a model directory (e.g. a bare clone of Apple's hub repo)
+    in place, or a complete copy of it at ``out``; returns the completed directory."""
+    source = resolve_model_dir(model_dir)
+    config = read_config(source)
+    if not any(source.glob("*.safetensors")):
+        raise CheckpointError(f"{source}: no model weights (*.safetensors)")
+    if out is None:
+        run = enclosing_run_dir(source)
+        if run is not None:
+            raise ElmforgeError(
+                f"{source}: is inside the run directory {run}, which prepare does not modify; "
+                f"give --out DIR for a complete copy"
+            )
+        if tokenizer is None:
+            # Fail before writing anything when no tokenizer can be found.
+            pick_tokenizer(source, None, config, required=True)
+        return complete_model_dir(source, tokenizer, require_tokenizer=True)
+    target = claim_output(out, "prepare", force, inputs=(source,))
+    instruct = is_instruct(source, config)
+    with atomic_directory(target, verb="prepare") as tmp:
+        copy_model_files(source, tmp)
+        complete_model_dir(tmp, tokenizer, require_tokenizer=True, instruct=instruct)
+    return target
+
+
+def copy_model_files(source: Path, target: Path) -> None:
+    """The files of a model directory (not hidden ones, not subdirectories) into ``target``."""
+    for item in sorted(source.iterdir()):
+        if item.is_file() and not item.name.startswith("."):
+            shutil.copyfile(item, target / item.name)
+
+
+def completeness(model_dir: str | os.PathLike) -> dict[str, bool]:
+    """Which of the files a complete directory has are present (for messages and tests)."""
+    model_dir = Path(model_dir)
+    names = (TOKENIZER_JSON, TOKENIZER_CONFIG, SENTENCEPIECE_MODEL, GENERATION_CONFIG)
+    present = {name: (model_dir / name).is_file() for name in names}
+    present["chat_template"] = current_chat_template(model_dir) is not None
+    return present
