@@ -83,7 +83,7 @@ def run_demo(
     say("[demo] sampling from the averaged model:")
     if on_text is not None:
         on_text(prompt)
-    sample = generate_text(loaded.model, loaded.tokenizer, prompt, options, on_text=on_text)
+    sample = generate_text(loaded.model, loaded.tokenizer, prompt, options, on_text=on_text).text
     if on_text is not None:
         on_text("\n")
     summary["sample"] = {"prompt": prompt, "continuation": sample}

@@ -6,13 +6,22 @@ import argparse
 import sys
 
 from elmforge.cli.options import (
-    add_model_flags,
+    add_generation_model_flags,
     add_prompt_flags,
     add_sampling_flags,
-    load_model_from_args,
+    load_generator_from_args,
     read_prompt,
     sampling_options,
 )
+
+
+def write_now(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def notice(text: str) -> None:
+    print(f"[elmforge] {text}", file=sys.stderr, flush=True)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Load a model and stream a continuation of the prompt (--prompt TEXT, "
         "--prompt-file FILE, or text piped on standard input).",
     )
-    add_model_flags(p)
+    add_generation_model_flags(p)
     add_prompt_flags(p)
     add_sampling_flags(p)
     p.set_defaults(run=run)
@@ -32,15 +41,12 @@ def run(args: argparse.Namespace) -> int:
     from elmforge.infer.generate import generate_text
 
     prompt = read_prompt(args)
-    options = sampling_options(args)
-    loaded = load_model_from_args(args)
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
-
-    def write(text: str) -> None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-
-    generate_text(loaded.model, loaded.tokenizer, prompt, options, on_text=write)
+    sampling_options(args)  # bad flags fail before the model loads
+    loaded, draft = load_generator_from_args(args)
+    options = sampling_options(args, draft)
+    write_now(prompt)
+    generate_text(
+        loaded.model, loaded.tokenizer, prompt, options, on_text=write_now, on_notice=notice
+    )
     sys.stdout.write("\n")
     return 0

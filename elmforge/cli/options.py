@@ -56,18 +56,63 @@ def load_model_from_args(args: argparse.Namespace) -> Any:
     return load(args.model, **load_options(args))
 
 
-def add_sampling_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-new-tokens", type=int, default=64, help="tokens to generate (64)")
+def add_generation_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model flags plus what the verbs that generate also take: --adapter and the
+    speculative-decoding flags."""
+    add_model_flags(p)
+    p.add_argument("--adapter", metavar="DIR", help="PEFT adapter directory, merged at load")
+    p.add_argument(
+        "--prompt-lookup",
+        type=int,
+        metavar="N",
+        help="speculative decoding: propose N tokens copied from the prompt (batch 1)",
+    )
+    p.add_argument(
+        "--draft-model",
+        metavar="DIR",
+        help="speculative decoding: a smaller model with the same tokenizer proposes tokens",
+    )
+
+
+def load_generator_from_args(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(LoadedModel, draft model or None) the flags of :func:`add_generation_model_flags`
+    describe."""
+    from elmforge.infer.generate import load_generator
+
+    return load_generator(args.model, **generation_load_options(args))
+
+
+def generation_load_options(args: argparse.Namespace) -> dict[str, Any]:
+    """:func:`load_options` plus the adapter and the draft model."""
+    return {**load_options(args), "adapter": args.adapter, "draft_model": args.draft_model}
+
+
+def add_sampling_flags(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> None:
+    p.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=max_new_tokens,
+        help=f"tokens to generate at most ({max_new_tokens})",
+    )
     p.add_argument("--temperature", type=float, default=0.8, help="0 means greedy (0.8)")
     p.add_argument("--top-k", type=int, default=50, help="sample among the k likeliest (50)")
     p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass (0.95)")
-    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--min-p", type=float, help="drop tokens below min-p x the top probability")
+    p.add_argument("--repetition-penalty", type=float, help="CTRL's penalty (1: off)")
     p.add_argument("--greedy", action="store_true", help="greedy decoding (deterministic)")
     p.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    p.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="end the output where TEXT appears (not included); repeatable",
+    )
 
 
-def sampling_options(args: argparse.Namespace) -> Any:
-    """The :class:`~elmforge.infer.generate.SamplingOptions` the sampling flags describe."""
+def sampling_options(args: argparse.Namespace, draft_model: Any = None) -> Any:
+    """The checked :class:`~elmforge.infer.generate.SamplingOptions` the sampling (and
+    speculative) flags describe."""
     from elmforge.infer.generate import SamplingOptions
 
     return SamplingOptions(
@@ -75,10 +120,14 @@ def sampling_options(args: argparse.Namespace) -> Any:
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        min_p=args.min_p,
         repetition_penalty=args.repetition_penalty,
         greedy=args.greedy,
         seed=args.seed,
-    )
+        stop=tuple(args.stop),
+        prompt_lookup=getattr(args, "prompt_lookup", None),
+        draft_model=draft_model,
+    ).check()
 
 
 def add_prompt_flags(p: argparse.ArgumentParser) -> None:

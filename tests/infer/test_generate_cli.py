@@ -31,10 +31,11 @@ def model_dir(tmp_path_factory) -> Path:
 
 def test_generate_text_greedy_matches_manual_argmax(model_dir):
     model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="fp32")
-    model.generation_config.eos_token_id = None
     pieces: list[str] = []
-    options = SamplingOptions(max_new_tokens=12, greedy=True)
-    text = generate_text(model, tokenizer, "def function_", options, on_text=pieces.append)
+    options = SamplingOptions(max_new_tokens=12, greedy=True, ignore_eos=True)
+    result = generate_text(model, tokenizer, "def function_", options, on_text=pieces.append)
+    text = result.text
+    assert (result.finish_reason, result.completion_tokens) == ("length", 12)
     assert "".join(pieces) == text
     ids = tokenizer("def function_", return_tensors="pt").input_ids
     with torch.no_grad():
