@@ -1,0 +1,395 @@
+"""The batching engine behind ``elmforge serve``: continuous batching over one KV cache.
+
+One thread owns the model. Each turn of its loop it (1) admits waiting requests up to
+``max_batch`` rows: their prompts are prefilled together (left-padded) and their first tokens
+picked, then their KV caches are merged into the running batch; (2) runs one decode step for every
+running row at once; (3) retires rows that finished or whose client left. A request that arrives
+while others decode joins at the next step instead of waiting for the batch to drain.
+
+The batch is right-aligned in the cache: every row's last token sits in the same slot, padding
+on the left is masked out (attention mask) and positions count only real tokens (position ids),
+so a row decodes exactly as it would alone (see docs/architecture.md "Model notes"). The model
+is driven through its public forward with transformers' ``DynamicCache``; merging and dropping
+rows only pads, concatenates and selects the cache tensors along the batch dimension.
+
+Decoding is bound by reading the weights, so one step for 8 rows costs little more than one for
+a single row: that is where the aggregate throughput comes from (``bench/serve.py``).
+
+With speculative decoding (``--prompt-lookup``/``--draft-model``), requests run one at a time
+through transformers' assisted generation (``infer.generate.generate_text``), which supports it
+at batch 1 only.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from elmforge.infer.detokenize import TextAssembler
+from elmforge.infer.generate import SamplingOptions, eos_token_ids, generate_text
+from elmforge.model.modeling import CACHE_FIELD
+
+
+class QueueFullError(Exception):
+    """More requests are waiting than the queue holds (the server answers 503)."""
+
+
+@dataclass
+class TokenLogprob:
+    token_id: int
+    logprob: float
+    top: list[tuple[int, float]]  # the likeliest tokens at this position, best first
+
+
+@dataclass
+class Job:
+    """One sequence to generate: a prompt, its options, and (filled in) its results."""
+
+    prompt_ids: list[int]
+    options: SamplingOptions  # max_new_tokens already fits the context
+    logprobs: int | None = None  # alternatives per generated token; None: no logprobs
+    prompt_logprobs: bool = False  # log-probabilities of the prompt tokens too (echo)
+    stream: bool = False
+    index: int = 0  # the choice's index in the response
+    notify: Callable[[str, Job, Any], None] | None = None  # ("delta"|"done", job, payload)
+
+    generated: list[int] = field(default_factory=list)
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_token_logprobs: list[TokenLogprob | None] = field(default_factory=list)
+    text: str = ""
+    finish_reason: str | None = None
+    error: str | None = None
+    cancelled: bool = False
+    completion_tokens: int = 0
+
+    def cancel(self) -> None:
+        """Stop working on this job (its client left); safe from any thread."""
+        self.cancelled = True
+
+    def _post(self, kind: str, payload: Any = None) -> None:
+        if self.notify is not None:
+            self.notify(kind, self, payload)
+
+
+class _Row:
+    """A running job's decoding state."""
+
+    def __init__(self, job: Job, tokenizer: Any, eos: set[int], device: str) -> None:
+        self.job = job
+        self.assembler = TextAssembler(tokenizer, job.prompt_ids, job.options.stop)
+        self.eos = set() if job.options.ignore_eos else eos
+        self.processors = job.options.logits_processors()
+        self.generator = None
+        if not job.options.is_greedy:
+            self.generator = torch.Generator(device=device)
+            if job.options.seed is None:
+                self.generator.seed()
+            else:
+                self.generator.manual_seed(job.options.seed)
+        self.last_token = -1
+
+
+def left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
+    """``tensor`` padded with zeros at the start of ``dim`` to ``length``."""
+    missing = length - tensor.shape[dim]
+    if missing <= 0:
+        return tensor
+    shape = list(tensor.shape)
+    shape[dim] = missing
+    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+
+
+def cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+class Scheduler:
+    """Owns the model in one thread; other threads :meth:`submit` jobs and get callbacks."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        max_batch: int = 16,
+        max_queue: int = 256,
+        draft_model: Any = None,
+        prompt_lookup: int | None = None,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = str(next(model.parameters()).device)
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.draft_model = draft_model
+        self.prompt_lookup = prompt_lookup
+        self.eos = eos_token_ids(model, tokenizer)
+        self._waiting: deque[Job] = deque()
+        self._wake = threading.Condition()
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (rows, slots) 1 for real tokens
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.generated_tokens = 0
+        self.decode_steps = 0
+
+    @property
+    def speculative(self) -> bool:
+        return self.draft_model is not None or bool(self.prompt_lookup)
+
+    # -- other threads ---------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="elmforge-scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def submit(self, jobs: list[Job]) -> None:
+        """Queue ``jobs`` (all or none); :class:`QueueFullError` when the queue is full."""
+        with self._wake:
+            # Jobs whose clients left while waiting give their place up now.
+            self._waiting = deque(j for j in self._waiting if not self._drop_if_cancelled(j))
+            if len(self._waiting) + len(jobs) > self.max_queue:
+                raise QueueFullError(
+                    f"the server is busy ({len(self._waiting)} requests waiting, queue size "
+                    f"{self.max_queue}); retry later"
+                )
+            self._waiting.extend(jobs)
+            self._wake.notify_all()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "running": len(self._rows),
+            "waiting": sum(not job.cancelled for job in list(self._waiting)),
+            "max_batch": self.max_batch,
+            "generated_tokens": self.generated_tokens,
+            "decode_steps": self.decode_steps,
+        }
+
+    # -- the model's thread ----------------------------------------------------------------
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._wake:
+                    while not self._stopping and not self._waiting and not self._rows:
+                        self._wake.wait()
+                    if self._stopping:
+                        break
+                    room = 1 if self.speculative else self.max_batch - len(self._rows)
+                    admitted = [
+                        self._waiting.popleft() for _ in range(min(room, len(self._waiting)))
+                    ]
+                try:
+                    self.turn(admitted)
+                except Exception as err:  # keep serving: fail what was in flight, log why
+                    traceback.print_exc(file=sys.stderr)
+                    message = f"generation failed: {type(err).__name__}: {err}"
+                    for job in [row.job for row in self._rows] + admitted:
+                        if job.finish_reason is None and job.error is None:
+                            job.error = message
+                            job._post("done")
+                    self._rows, self._cache, self._mask = [], None, None
+
+    def turn(self, admitted: list[Job]) -> None:
+        """One turn of the loop: prefill ``admitted`` into the batch, then one decode step.
+        (The loop's thread calls it; tests drive it directly, under ``inference_mode``.)"""
+        admitted = [job for job in admitted if not self._drop_if_cancelled(job)]
+        if self.speculative:
+            for job in admitted:
+                self._run_assisted(job)
+            return
+        plain = [job for job in admitted if not job.prompt_logprobs]
+        for job in (job for job in admitted if job.prompt_logprobs):
+            self._prefill([job], all_logits=True)
+        if plain:
+            self._prefill(plain, all_logits=False)
+        self._retire()
+        if self._rows:
+            self._decode_step()
+            self._retire()
+
+    def _drop_if_cancelled(self, job: Job) -> bool:
+        if job.cancelled:
+            job.finish_reason = "cancelled"
+            job._post("done")
+        return job.cancelled
+
+    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, keep: int) -> Any:
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
+        return self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=keep,
+            **{CACHE_FIELD: cache},
+        ).logits
+
+    def _prefill(self, jobs: list[Job], all_logits: bool) -> None:
+        """Run the prompts of ``jobs`` (left-padded), pick their first tokens, join the batch."""
+        length = max(len(job.prompt_ids) for job in jobs)
+        ids = torch.zeros(len(jobs), length, dtype=torch.long)
+        mask = torch.zeros(len(jobs), length, dtype=torch.long)
+        for i, job in enumerate(jobs):
+            ids[i, length - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
+            mask[i, length - len(job.prompt_ids) :] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, cache, keep=0 if all_logits else 1).float()
+        if all_logits:  # one unpadded job: score every prompt token (echo logprobs)
+            self._score_prompt(jobs[0], logits[0])
+        rows = [_Row(job, self.tokenizer, self.eos, self.device) for job in jobs]
+        self._merge(rows, cache, mask)
+        self._advance(rows, logits[:, -1])
+
+    def _score_prompt(self, job: Job, logits: torch.Tensor) -> None:
+        logprobs = torch.log_softmax(logits[:-1], dim=-1)  # position t predicts token t + 1
+        targets = torch.tensor(job.prompt_ids[1:], device=logprobs.device)
+        chosen = logprobs.gather(1, targets[:, None])[:, 0].tolist()
+        top_n = max(job.logprobs or 0, 1)
+        values, indices = logprobs.topk(top_n, dim=-1)
+        job.prompt_token_logprobs = [None] + [
+            TokenLogprob(token, value, list(zip(top_i, top_v)))
+            for token, value, top_i, top_v in zip(
+                job.prompt_ids[1:], chosen, indices.tolist(), values.tolist()
+            )
+        ]
+
+    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
+        if not self._rows:
+            self._rows, self._cache, self._mask = rows, cache, mask
+            return
+        length = max(self._mask.shape[1], mask.shape[1])
+        merged = [
+            (
+                torch.cat([left_pad(k0, length, 2), left_pad(k1, length, 2)]),
+                torch.cat([left_pad(v0, length, 2), left_pad(v1, length, 2)]),
+            )
+            for (k0, v0), (k1, v1) in zip(cache_tensors(self._cache), cache_tensors(cache))
+        ]
+        self._cache = DynamicCache(merged)
+        self._mask = torch.cat([left_pad(self._mask, length, 1), left_pad(mask, length, 1)])
+        self._rows = self._rows + rows
+
+    def _decode_step(self) -> None:
+        ids = torch.tensor([[row.last_token] for row in self._rows], device=self.device)
+        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
+        logits = self._forward(ids, self._mask, self._cache, keep=1)[:, -1].float()
+        self.decode_steps += 1
+        self._advance(self._rows, logits)
+
+    def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
+        """Pick each row's next token from ``logits`` (rows, vocab) and hand out the text."""
+        wanted = [i for i, row in enumerate(rows) if row.job.logprobs is not None]
+        logprobs = torch.log_softmax(logits[wanted], dim=-1) if wanted else None
+        tokens = self._choose(rows, logits)
+        for i, (row, token) in enumerate(zip(rows, tokens)):
+            job = row.job
+            row.last_token = token
+            job.generated.append(token)
+            self.generated_tokens += 1
+            entry = None
+            if job.logprobs is not None:
+                scores = logprobs[wanted.index(i)]
+                values, indices = scores.topk(max(job.logprobs, 1))
+                top = list(zip(indices.tolist(), values.tolist()))[: job.logprobs]
+                entry = TokenLogprob(token, float(scores[token]), top)
+                job.token_logprobs.append(entry)
+            if token in row.eos:
+                job.finish_reason = "stop"
+                piece = row.assembler.finish()
+            else:
+                piece = row.assembler.push(token)
+                if row.assembler.stop_found is not None:
+                    job.finish_reason = "stop"
+                elif len(job.generated) >= job.options.max_new_tokens:
+                    job.finish_reason = "length"
+                    piece += row.assembler.finish()
+            if job.stream and (piece or entry is not None):
+                job._post("delta", (piece, entry))
+
+    def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
+        for i, row in enumerate(rows):  # vLLM's min_tokens: no end-of-sequence before it
+            if len(row.job.generated) < row.job.options.min_new_tokens and row.eos:
+                logits[i, sorted(row.eos)] = float("-inf")
+        if all(row.generator is None and not row.processors for row in rows):
+            return logits.argmax(-1).tolist()
+        tokens = []
+        for i, row in enumerate(rows):
+            scores = logits[i : i + 1]
+            if row.processors:
+                history = torch.tensor([row.job.prompt_ids + row.job.generated], device=self.device)
+                scores = row.processors(history, scores)
+            if row.generator is None:
+                tokens.append(int(scores.argmax(-1)))
+            else:
+                probs = torch.softmax(scores, dim=-1)
+                tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+        return tokens
+
+    def _retire(self) -> None:
+        """Drop finished and cancelled rows from the batch (and padding nobody needs)."""
+        keep = []
+        for i, row in enumerate(self._rows):
+            job = row.job
+            if job.finish_reason is None and job.cancelled:
+                job.finish_reason = "cancelled"
+            if job.finish_reason is None:
+                keep.append(i)
+                continue
+            job.text = row.assembler.text
+            job.completion_tokens = len(job.generated)
+            job._post("done")
+        if len(keep) == len(self._rows):
+            return
+        if not keep:
+            self._rows, self._cache, self._mask = [], None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        mask = self._mask.index_select(0, index)
+        first = int(mask.any(0).long().argmax())  # leading slots that every row has as padding
+        self._mask = mask[:, first:]
+        self._cache = DynamicCache(
+            [
+                (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
+                for k, v in cache_tensors(self._cache)
+            ]
+        )
+        self._rows = [self._rows[i] for i in keep]
+
+    def _run_assisted(self, job: Job) -> None:
+        """One request through transformers' assisted generation (speculative, batch 1)."""
+        options = replace(
+            job.options, prompt_lookup=self.prompt_lookup, draft_model=self.draft_model
+        )
+
+        def on_text(piece: str) -> None:
+            if job.stream:
+                job._post("delta", (piece, None))
+
+        result = generate_text(
+            self.model,
+            self.tokenizer,
+            job.prompt_ids,
+            options,
+            on_text=on_text,
+            should_stop=lambda: job.cancelled,
+        )
+        job.text = result.text
+        job.completion_tokens = result.completion_tokens
+        self.generated_tokens += result.completion_tokens
+        job.finish_reason = "cancelled" if job.cancelled else result.finish_reason
+        job._post("done")

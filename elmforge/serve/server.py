@@ -1,0 +1,143 @@
+"""``elmforge serve``: load a model, start the scheduler, run the app on uvicorn.
+
+Light to import: numbers and the port are checked before torch, transformers and FastAPI load.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+from elmforge.errors import OptionError
+
+DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(host: str, api_key: str | None) -> str | None:
+    """The warning to print when ``host`` makes the server reachable from other machines."""
+    if is_loopback(host):
+        return None
+    return f"elmforge serve: warning: listening on {host}, reachable from other machines" + (
+        "" if api_key else " without an API key (--api-key)"
+    )
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: any free port; the chosen one is printed)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise OptionError(
+            "port", f"{{option}} {port} on {host}: cannot listen ({err.strerror})"
+        ) from None
+    sock.listen(2048)
+    return sock
+
+
+def serve(
+    model: str,
+    *,
+    tokenizer: Any = None,
+    adapter: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: str | None = None,
+    max_batch: int = 16,
+    max_queue: int = 256,
+    max_tokens_limit: int | None = None,
+    served_name: str | None = None,
+    draft_model: str | None = None,
+    prompt_lookup: int | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+) -> None:
+    """Serve ``model`` over HTTP until interrupted."""
+    for option, value, least in (
+        ("max_batch", max_batch, 1),
+        ("max_queue", max_queue, 1),
+        ("max_tokens_limit", max_tokens_limit, 1),
+        ("prompt_lookup", prompt_lookup, 1),
+        ("max_request_bytes", max_request_bytes, 1024),
+        ("port", port, 0),
+    ):
+        if value is not None and value < least:
+            raise OptionError(option, f"{{option}} {value}: must be at least {least}")
+    from elmforge.infer.loading import find_tokenizer, local_model_dir
+
+    # What can fail fast does, before the slow imports and the model load.
+    find_tokenizer(local_model_dir(model) or model, tokenizer)
+    sock = bind(host, port)
+    from elmforge.infer.chat import encode_rendered, render_messages
+    from elmforge.infer.generate import load_generator
+    from elmforge.infer.loading import context_length_of
+    from elmforge.serve.app import ServerSettings, build_app
+    from elmforge.serve.protocol import ServeContext
+    from elmforge.serve.scheduler import Scheduler
+
+    loaded, draft = load_generator(
+        model,
+        tokenizer=tokenizer,
+        adapter=adapter,
+        device=device,
+        dtype=dtype,
+        draft_model=draft_model,
+    )
+    tok = loaded.tokenizer
+    context = context_length_of(loaded.model)
+    name = served_name or model
+    names = tuple(dict.fromkeys([name, model, str(Path(model).expanduser().resolve())]))
+    serve_context = ServeContext(
+        model_names=names,
+        vocab_size=loaded.model.get_input_embeddings().num_embeddings,
+        context=context,
+        max_tokens_limit=max_tokens_limit or context,
+        encode=lambda text: list(tok(text)["input_ids"]),
+        render_chat=lambda messages: encode_rendered(tok, render_messages(tok, messages)),
+        speculative=draft is not None or bool(prompt_lookup),
+    )
+    scheduler = Scheduler(
+        loaded.model,
+        tok,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        draft_model=draft,
+        prompt_lookup=prompt_lookup,
+    )
+    settings = ServerSettings(name, api_key=api_key, max_request_bytes=max_request_bytes)
+    app = build_app(scheduler, serve_context, tok, settings)
+    bound_host, bound_port = sock.getsockname()[:2]
+    warning = exposure_warning(host, api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    print(
+        f"elmforge serve: {name} on http://{shown}:{bound_port} (OpenAI API under /v1, "
+        f"chat page at /; {loaded.device}, {str(loaded.dtype).removeprefix('torch.')}, "
+        f"context {context}, batch up to {max_batch}"
+        + (", speculative decoding one request at a time" if serve_context.speculative else "")
+        + ")",
+        flush=True,
+    )
+    import uvicorn
+
+    config = uvicorn.Config(
+        app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on", access_log=False
+    )
+    uvicorn.Server(config).run(sockets=[sock])
