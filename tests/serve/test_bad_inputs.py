@@ -1,0 +1,67 @@
+"""Bad command lines of `elmforge serve`, `chat` and `generate`: exit 2 with one line naming the
+option or file, no traceback (tests/cli_support.py)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+import torch
+
+from tests.cli_support import assert_clean_error, run_elmforge
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory, model_dir):
+    from elmforge import OpenELMConfig, OpenELMForCausalLM
+
+    root = tmp_path_factory.mktemp("bad-inputs")
+    bare = root / "bare"  # a model without a tokenizer (and not LLaMA-2's vocabulary)
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model_dir / name, bare / name)
+    torch.manual_seed(0)
+    other_vocab = root / "other-vocab"
+    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=300)).save_pretrained(
+        other_vocab
+    )
+    not_adapter = root / "not-adapter"
+    not_adapter.mkdir()
+    return {"bare": bare, "other_vocab": other_vocab, "not_adapter": not_adapter}
+
+
+@pytest.fixture()
+def busy_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock.getsockname()[1]
+
+
+LONG_PROMPT = "the cat " * 1200  # beyond the test model's 1024-token context
+
+CASES = [
+    ("serve", "{missing}", (), ["no such model directory"]),
+    ("serve", "{model}", ("--max-batch", "0"), ["--max-batch 0", "at least 1"]),
+    ("serve", "{model}", ("--port", "{busy_port}"), ["--port {busy_port}", "cannot listen"]),
+    ("serve", "{model}", ("--draft-model", "{other_vocab}"), ["--draft-model", "vocabulary"]),
+    ("serve", "{model}", ("--adapter", "{not_adapter}"), ["not a PEFT adapter directory"]),
+    ("serve", "{bare}", (), ["has no tokenizer", "--tokenizer"]),
+    ("chat", "{model}", ("--top-p", "2"), ["--top-p 2.0", "(0, 1]"]),
+    ("generate", "{model}", ("--prompt", LONG_PROMPT), ["the prompt is", "context is 1024"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("verb", "model", "flags", "mentions"),
+    CASES,
+    ids=[f"{c[0]}-{c[3][0][:24]}" for c in CASES],
+)
+def test_bad_command_line_is_one_clean_line(verb, model, flags, mentions, dirs, model_dir,
+                                            busy_port, tmp_path):  # fmt: skip
+    names = {**dirs, "model": model_dir, "missing": tmp_path / "missing", "busy_port": busy_port}
+    args = [verb, model.format(**names), *(flag.format(**names) for flag in flags)]
+    proc = run_elmforge(*args, input="", timeout=300)
+    assert_clean_error(proc, *(m.format(**names) for m in mentions))
