@@ -14,6 +14,7 @@ The machines are shared and noisy: compare the ratios to the baseline. Needs LLa
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,9 @@ from common import print_table, write_json
 
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.data.tokenizer import default_tokenizer_path
-from elmforge.export.gguf import OUT_TYPES, gguf_to_hf, hf_to_gguf
+from elmforge.export.gguf import OUT_TYPES, hf_to_gguf
+from elmforge.export.gguf_read import gguf_to_hf
+from elmforge.export.mlx import hf_to_mlx
 from elmforge.export.prepare import complete_model_dir
 from elmforge.model.convert import load_pretrained
 
@@ -91,9 +94,7 @@ def main() -> None:
                     read_s, back = timed(gguf_to_hf, out, root / f"back-{out_type}")
                     rows[f"gguf {out_type}"] = {"size_mb": size_mb(out), "read_back_s": read_s,
                                                 **logit_errors(reference, back, batch)}  # fmt: skip
-            try:
-                from elmforge.export.mlx import hf_to_mlx
-            except ImportError:
+            if importlib.util.find_spec("mlx_lm") is None:  # hf_to_mlx runs mlx-lm's converter
                 continue
             for bits in (None, 4):
                 name = f"mlx {bits}-bit" if bits else "mlx unquantised"

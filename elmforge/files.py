@@ -123,6 +123,44 @@ def atomic_write_json(path: str | os.PathLike, value: object) -> Path:
 
 
 @contextlib.contextmanager
+def replace_files(
+    directory: str | os.PathLike, *, last: tuple[str, ...] = (), remove: tuple[str, ...] = ()
+) -> Iterator[Path]:
+    """Yield a staging directory inside ``directory`` (created if missing); the files written
+    there then replace their namesakes in ``directory``, each fsynced, given the umask's
+    permissions and renamed (never half a file), those named in ``last`` after the others (the
+    file readers look for, so that finding it means finding the set). Then the names in
+    ``remove`` that were not staged are deleted: deletions come last, so an interruption leaves
+    the old file rather than none. Other files of ``directory`` are kept; the staging directory
+    is removed whatever happens."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".files.tmp-{os.getpid()}-", dir=directory))
+    except OSError as err:
+        raise disk_error(directory, err) from None
+    try:
+        yield staging
+        order = {name: rank for rank, name in enumerate(last, start=1)}
+        staged = sorted(
+            (p for p in staging.iterdir() if p.is_file()), key=lambda p: order.get(p.name, 0)
+        )
+        for item in staged:
+            _fsync_file(item)
+            _apply_umask(item, directory=False)
+            os.replace(item, directory / item.name)
+        fsync_dir(directory)
+        names = {item.name for item in staged}
+        for name in remove:
+            if name not in names:
+                (directory / name).unlink(missing_ok=True)
+    except OSError as err:
+        raise disk_error(directory, err) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def atomic_directory(final: str | os.PathLike, verb: str | None = None) -> Iterator[Path]:
     """Yield a temporary sibling of ``final``; on success rename it to ``final`` (replacing it).
 
@@ -176,6 +214,14 @@ def clean_temporaries(directory: str | os.PathLike, prefix: str = "") -> None:
 
 
 # -- what may be overwritten ------------------------------------------------------------------
+def _begins_with(path: Path, signature: bytes) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(signature)) == signature
+    except OSError:
+        return False
+
+
 def output_verb(path: str | os.PathLike) -> str | None:
     """The verb recorded in an output directory's marker, None if it has none."""
     try:
@@ -191,6 +237,7 @@ def claim_output(
     *,
     kind: str = "directory",
     inputs: tuple[str | os.PathLike, ...] = (),
+    signature: bytes | None = None,
 ) -> Path:
     """Check that ``verb`` may write its output (``kind`` ``directory`` or ``file``) at ``path``.
 
@@ -202,6 +249,10 @@ def claim_output(
     - a file where a directory goes and the reverse;
     - an existing non-empty directory that is not this verb's earlier output, or is, without
       ``force``; an existing file without ``force``.
+
+    Directories record the verb that wrote them (a marker file); files cannot, so outside a run
+    ``force`` replaces a file whoever wrote it, and inside a run only a file that begins with
+    ``signature`` (the verb's format, e.g. ``b"GGUF"``) counts as the verb's own.
     """
     path = Path(path)
     resolved = path.resolve()
@@ -216,7 +267,10 @@ def claim_output(
     run = enclosing_run_dir(path.parent)
     if run is not None:
         top = resolved.relative_to(run).parts[0]
-        ours = kind == "directory" and output_verb(path) == verb
+        if kind == "directory":
+            ours = output_verb(path) == verb
+        else:
+            ours = signature is not None and _begins_with(path, signature)
         if top in RESERVED_NAMES or (path.exists() and not ours):
             raise ElmforgeError(f"{path}: belongs to the run directory {run}; pick another path")
     if not path.exists() and not path.is_symlink():

@@ -1,8 +1,11 @@
-"""Shared test set-up: offline by construction, seeded, and where ../shared lives."""
+"""Shared test set-up: offline by construction, seeded, isolated from the developer's own
+elmforge set-up, and where ../shared lives."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,20 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+# Nothing of the developer's own set-up either: elmforge's user cache (an installed LLaMA-2
+# tokenizer, BPE tokenizers trained by `data inspect`) is a fresh directory for the session, and
+# $ELMFORGE_LLAMA2_TOKENIZER is unset. Other tools keep their caches (the hub cache, compiled
+# torch extensions), which moving $XDG_CACHE_HOME would otherwise empty. The source checkout's
+# ../shared/data fallback stays on (it is the file `llama2_tokenizer_path` gives); a test of the
+# lookup itself switches it off with $ELMFORGE_NO_DEV_FALLBACK=1 (see `no_dev_fallback`).
+_USER_CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+os.environ.setdefault("HF_HOME", str(_USER_CACHE / "huggingface"))
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(_USER_CACHE / "torch_extensions"))
+SESSION_CACHE = Path(tempfile.mkdtemp(prefix="elmforge-test-cache-"))
+os.environ["XDG_CACHE_HOME"] = str(SESSION_CACHE)
+os.environ.pop("ELMFORGE_LLAMA2_TOKENIZER", None)
+os.environ.pop("ELMFORGE_NO_DEV_FALLBACK", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("ELMFORGE_SHARED", REPO_ROOT.parent / "shared")).resolve()
@@ -42,3 +59,28 @@ def _seed() -> None:
     import torch
 
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def no_dev_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """LLaMA-2's tokenizer is found as on a user's machine: only through
+    $ELMFORGE_LLAMA2_TOKENIZER or the user cache, not the checkout's ../shared/data."""
+    monkeypatch.setenv("ELMFORGE_NO_DEV_FALLBACK", "1")
+
+
+@pytest.fixture
+def renames(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names that ``os.replace`` renames onto, in order (the rename itself happens)."""
+    names: list[str] = []
+    real_replace = os.replace
+
+    def record(source: str | os.PathLike, target: str | os.PathLike) -> None:
+        names.append(Path(target).name)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", record)
+    return names
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)

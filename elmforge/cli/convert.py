@@ -106,14 +106,9 @@ def add_export_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def run_corenet_to_hf(args: argparse.Namespace) -> int:
-    from elmforge.export.prepare import DirectoryCompletion, is_instruct
-    from elmforge.model.convert import corenet_to_hf
-    from elmforge.model.profile import resolve_config
+    from elmforge.export.prepare import corenet_to_model_dir
 
-    # corenet_to_hf saves "the tokenizer" with save_pretrained into its temporary directory; a
-    # DirectoryCompletion there makes the output complete before it is renamed into place.
-    completion = DirectoryCompletion(args.tokenizer, instruct=is_instruct(args.out_dir))
-    out = corenet_to_hf(args.checkpoint, args.out_dir, resolve_config(args.name), completion)
+    out = corenet_to_model_dir(args.checkpoint, args.out_dir, args.name, args.tokenizer)
     print(f"wrote {out}")
     return 0
 
@@ -130,7 +125,7 @@ def run_hf_to_gguf(args: argparse.Namespace) -> int:
 
 
 def run_gguf_to_hf(args: argparse.Namespace) -> int:
-    from elmforge.export.gguf import gguf_to_hf
+    from elmforge.export.gguf_read import gguf_to_hf
 
     out = gguf_to_hf(
         args.gguf_path, args.out_dir, force=args.force, tokenizer=args.tokenizer, dtype=args.dtype
@@ -161,8 +156,8 @@ def _size(path: Path) -> str:
 
 
 def run_hf_to_corenet(args: argparse.Namespace) -> int:
-    from elmforge.export.prepare import resolve_model_dir
     from elmforge.model.convert import hf_to_corenet
+    from elmforge.model.layout import resolve_model_dir
 
     print(f"wrote {hf_to_corenet(resolve_model_dir(args.model_dir), args.out_path)}")
     return 0

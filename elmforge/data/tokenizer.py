@@ -24,11 +24,9 @@ from elmforge.errors import ElmforgeError
 SPIECE_UNDERLINE = "▁"
 LLAMA2_TOKENIZER_FILE = "llama2-tokenizer.model"
 LLAMA2_VOCAB_SIZE = 32000
-# SentencePiece piece types (sentencepiece_model.proto): the ones that take part in merges.
-_NORMAL, _USER_DEFINED, _UNUSED, _BYTE = 1, 4, 5, 6
-
-
 LLAMA2_TOKENIZER_ENV = "ELMFORGE_LLAMA2_TOKENIZER"
+# Set to 1 to switch off the source checkout's ../shared/data fallback (tests of the lookup use it).
+NO_DEV_FALLBACK_ENV = "ELMFORGE_NO_DEV_FALLBACK"
 
 
 def user_cache_dir() -> Path:
@@ -48,7 +46,8 @@ def default_tokenizer_path() -> Path | None:
     1. ``$ELMFORGE_LLAMA2_TOKENIZER`` (a file);
     2. the user cache, ``$XDG_CACHE_HOME/elmforge/llama2-tokenizer.model``;
     3. development fallback: ``$ELMFORGE_SHARED/data/`` or the ``shared/data/`` directory beside a
-       source checkout.
+       source checkout; ``$ELMFORGE_NO_DEV_FALLBACK=1`` switches it off (an installed wheel has
+       none), so that a checkout behaves like a user's machine.
 
     ``--tokenizer PATH`` on any verb takes precedence over all of these.
     """
@@ -56,15 +55,22 @@ def default_tokenizer_path() -> Path | None:
     if os.environ.get(LLAMA2_TOKENIZER_ENV):
         candidates.append(Path(os.environ[LLAMA2_TOKENIZER_ENV]).expanduser())
     candidates.append(llama2_cache_path())
-    if os.environ.get("ELMFORGE_SHARED"):
-        candidates.append(Path(os.environ["ELMFORGE_SHARED"]) / "data" / LLAMA2_TOKENIZER_FILE)
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "pyproject.toml").is_file():  # a source checkout, not an installed wheel
-        candidates.append(checkout.parent / "shared" / "data" / LLAMA2_TOKENIZER_FILE)
+    if os.environ.get(NO_DEV_FALLBACK_ENV, "") in ("", "0"):
+        candidates += _development_paths()
     for path in candidates:
         if path.is_file():
             return path.resolve()
     return None
+
+
+def _development_paths() -> list[Path]:
+    paths = []
+    if os.environ.get("ELMFORGE_SHARED"):
+        paths.append(Path(os.environ["ELMFORGE_SHARED"]) / "data" / LLAMA2_TOKENIZER_FILE)
+    checkout = Path(__file__).resolve().parents[2]
+    if (checkout / "pyproject.toml").is_file():  # a source checkout, not an installed wheel
+        paths.append(checkout.parent / "shared" / "data" / LLAMA2_TOKENIZER_FILE)
+    return paths
 
 
 def install_llama2_tokenizer(path: str | os.PathLike, force: bool = False) -> Path:
@@ -98,6 +104,13 @@ def install_llama2_tokenizer(path: str | os.PathLike, force: bool = False) -> Pa
     return atomic_write_bytes(target, data)
 
 
+def _piece_types():
+    """SentencePiece's piece-type enum (``NORMAL``, ``USER_DEFINED``, ``UNUSED``, ``BYTE``...)."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    return sentencepiece_model_pb2.ModelProto.SentencePiece
+
+
 def _read_sentencepiece_proto(path: Path):
     from sentencepiece import sentencepiece_model_pb2
 
@@ -124,10 +137,11 @@ def sentencepiece_to_fast(path: str | os.PathLike) -> PreTrainedTokenizerFast:
             f"remove_extra_whitespaces={normalizer_spec.remove_extra_whitespaces} is not supported"
         )
     vocab = {piece.piece: index for index, piece in enumerate(proto.pieces)}
+    types = _piece_types()
     mergeable = {
         piece.piece: piece.score
         for piece in proto.pieces
-        if piece.type in (_NORMAL, _USER_DEFINED, _UNUSED) and len(piece.piece) > 1
+        if piece.type in (types.NORMAL, types.USER_DEFINED, types.UNUSED) and len(piece.piece) > 1
     }
     merges: list[tuple[str, str, float]] = []
     for piece, score in mergeable.items():
@@ -222,11 +236,20 @@ def _load_tokenizer_dir(directory: Path) -> PreTrainedTokenizerFast:
         ) from None
     # transformers does not save ``add_bos_token`` (the post-processor carries it); restore the
     # flag so code that reads it (lm-eval, our data pipeline) sees what the encoding does.
-    if tokenizer.bos_token_id is not None:
-        probe = tokenizer("a").input_ids
-        if probe and probe[0] == tokenizer.bos_token_id:
-            tokenizer._add_bos_token = True
+    if adds_special_tokens(tokenizer)[0]:
+        tokenizer._add_bos_token = True
     return tokenizer
+
+
+def adds_special_tokens(tokenizer: PreTrainedTokenizerFast) -> tuple[bool, bool]:
+    """(bos added in front, eos added at the end) when ``tokenizer`` encodes a text: measured on
+    an actual encoding, since the post-processor decides whatever the flags say."""
+    ids = tokenizer("a", add_special_tokens=True).input_ids
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    return (
+        bool(ids) and bos is not None and ids[0] == bos,
+        bool(ids) and eos is not None and ids[-1] == eos,
+    )
 
 
 def _load_tokenizer_from_hub(name: str) -> PreTrainedTokenizerFast:
@@ -292,20 +315,18 @@ def train_bpe_tokenizer(
         **SPECIAL_TOKENS,
     )
     if out_dir is not None:
-        save_tokenizer_atomic(tokenizer, out_dir)
+        save_tokenizer(tokenizer, out_dir)
     return tokenizer
 
 
-def save_tokenizer_atomic(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
-    """``save_pretrained`` staged in a temporary directory, then each file written atomically into
-    ``out_dir`` (other files there are kept: a tokenizer often joins a model directory)."""
-    import tempfile
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLike) -> Path:
+    """``save_pretrained`` into ``out_dir`` beside what is there (a tokenizer often joins a model
+    directory): staged in a temporary directory inside it, then every file renamed into place,
+    ``tokenizer.json`` last, so a reader that finds ``tokenizer.json`` finds the whole set
+    (:func:`elmforge.files.replace_files`)."""
+    from elmforge.files import replace_files
+    from elmforge.model.layout import TOKENIZER_JSON
 
-    from elmforge.files import atomic_write_bytes
-
-    out_dir = Path(out_dir)
-    with tempfile.TemporaryDirectory(prefix="elmforge-tokenizer-") as staging:
+    with replace_files(out_dir, last=(TOKENIZER_JSON,)) as staging:
         tokenizer.save_pretrained(staging)
-        for item in sorted(Path(staging).iterdir()):
-            atomic_write_bytes(out_dir / item.name, item.read_bytes())
-    return out_dir
+    return Path(out_dir)

@@ -8,6 +8,10 @@
 - ``bpe``: a byte-level BPE tokenizer of ``data.bpe_vocab_size`` tokens trained on a bounded prefix
   of the training sources (:func:`bounded_texts`), kept where the caller says (a run keeps it in
   its ``tokenizer/``; ``data inspect`` in the user cache, keyed by sources and size).
+
+And which tokenizer a model directory uses (:func:`model_tokenizer`, for the loader and export):
+the one given, else the directory's own, else LLaMA-2's for a model of its 32000-token vocabulary
+(Apple's hub repositories ship no tokenizer), else an error saying how to provide one.
 """
 
 from __future__ import annotations
@@ -16,25 +20,88 @@ import hashlib
 import itertools
 import json
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from elmforge.data.config import DataConfig, load_data_config
-from elmforge.errors import ConfigError
+from elmforge.errors import ConfigError, OptionError
+from elmforge.model.layout import TOKENIZER_FILES, TOKENIZER_JSON
 
 # Enough text for a BPE vocabulary of a few thousand tokens, and minutes saved over whole sources.
 BPE_TRAINING_CHARACTERS = 8_000_000
 
 
 def llama2_missing_message(subject: str) -> str:
-    """How to provide the LLaMA-2 tokenizer, for errors that need it."""
+    """How to provide the LLaMA-2 tokenizer, for errors that need it (``subject``: the option or
+    config field that takes it)."""
+    return f"{subject}: the LLaMA-2 tokenizer was not found; {_llama2_ways(subject)}"
+
+
+def _llama2_ways(option: str) -> str:
     from elmforge.data.tokenizer import LLAMA2_TOKENIZER_ENV, llama2_cache_path
 
     return (
-        f"{subject}: the LLaMA-2 tokenizer was not found; give its tokenizer.model as "
-        f"{subject}, set ${LLAMA2_TOKENIZER_ENV}, or install it once with "
-        f"`elmforge tokenizer install PATH` (into {llama2_cache_path()})"
+        f"give its tokenizer.model as {option}, set ${LLAMA2_TOKENIZER_ENV}, or install it once "
+        f"with `elmforge tokenizer install PATH` (into {llama2_cache_path()})"
+    )
+
+
+def has_own_tokenizer(model_dir: Path) -> bool:
+    """Whether a model directory brings its tokenizer (``tokenizer.json`` or ``tokenizer.model``)."""
+    return any((Path(model_dir) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def model_tokenizer(
+    model_dir: str | os.PathLike,
+    config: Mapping[str, Any] | None,
+    given: Any = None,
+    *,
+    required: bool = True,
+) -> Any:
+    """The tokenizer a model directory is used with: ``given`` (an object or a spec) when there is
+    one, else the directory itself when it has a tokenizer, else, for a model with LLaMA-2's
+    32000-token vocabulary (``config``: its ``config.json``), LLaMA-2's ``tokenizer.model`` where
+    :func:`elmforge.data.tokenizer.default_tokenizer_path` finds it: what Apple evaluated with.
+
+    Anything else is an :class:`OptionError` on ``tokenizer`` (:func:`missing_tokenizer_message`),
+    or None when not ``required``: scores and text depend on the exact tokenizer, so it is never
+    guessed.
+    """
+    if given is not None:
+        return given
+    model_dir = Path(model_dir)
+    if has_own_tokenizer(model_dir):
+        return model_dir
+    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE, default_tokenizer_path
+
+    vocab_size = (config or {}).get("vocab_size")
+    if vocab_size == LLAMA2_VOCAB_SIZE:
+        llama2 = default_tokenizer_path()
+        if llama2 is not None:
+            return llama2
+    if not required:
+        return None
+    raise OptionError("tokenizer", missing_tokenizer_message(model_dir, vocab_size))
+
+
+def missing_tokenizer_message(model_dir: Path, vocab_size: Any) -> str:
+    """The one error for a model directory without a tokenizer (``{option}``: the tokenizer
+    option), saying how to provide one: the option, or for a 32000-token model LLaMA-2's."""
+    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE
+
+    head = (
+        f"{model_dir}: the model directory has no tokenizer ({' or '.join(TOKENIZER_FILES)}) and "
+    )
+    if vocab_size != LLAMA2_VOCAB_SIZE:
+        return (
+            head + f"its vocab_size {vocab_size} is not LLaMA-2's {LLAMA2_VOCAB_SIZE}; "
+            "give {option} PATH"
+        )
+    return (
+        head
+        + "the LLaMA-2 tokenizer (its vocabulary) was not found; "
+        + _llama2_ways("{option} PATH")
     )
 
 
@@ -108,7 +175,7 @@ def resolve_tokenizer(
             + " (or set data.tokenizer to auto or bpe to train one)"
         )
     trained = Path(bpe_dir) if bpe_dir is not None else bpe_cache_dir(config)
-    if is_main and not (trained / "tokenizer.json").is_file():
+    if is_main and not (trained / TOKENIZER_JSON).is_file():
         from elmforge.data.tokenizer import train_bpe_tokenizer
 
         report(

@@ -55,6 +55,8 @@ def describe_model(model: Any, model_name: str | None) -> dict[str, Any]:
 
 
 def describe_tokenizer(tokenizer: Any, tokenizer_name: str | None) -> dict[str, Any]:
+    from elmforge.data.tokenizer import adds_special_tokens
+
     return {
         "name": tokenizer_name or getattr(tokenizer, "name_or_path", None) or None,
         "class": type(tokenizer).__name__,
@@ -62,13 +64,8 @@ def describe_tokenizer(tokenizer: Any, tokenizer_name: str | None) -> dict[str, 
         "bos_token_id": tokenizer.bos_token_id,
         # Measured, not assumed: lm-eval asks for special tokens, and whether that yields the
         # bos token is up to the tokenizer's post-processor.
-        "add_bos_token": adds_bos_token(tokenizer),
+        "add_bos_token": adds_special_tokens(tokenizer)[0],
     }
-
-
-def adds_bos_token(tokenizer: Any) -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a", add_special_tokens=True).input_ids[:1] == [bos]
 
 
 def load_results(path: str | Path) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from typing import Any
 from elmforge.errors import CheckpointError, ElmforgeError, OptionError, first_line
 
 ARCH = "openelm"
+GGUF_MAGIC = b"GGUF"  # the first bytes of every GGUF file
 OUT_TYPES = ("f32", "f16", "bf16", "q8_0")
 Q8_0_BLOCK = 32
 # Bytes per element (q8_0: 34 bytes per block of 32: an f16 scale and 32 int8 values).
@@ -154,9 +154,9 @@ def hf_to_gguf(
     without one uses LLaMA-2's for a 32000-token model). An existing ``out_path`` is replaced
     only with ``force``; the file is written to a temporary name and renamed.
     """
-    from elmforge.export.prepare import resolve_model_dir
     from elmforge.export.vocab import add_vocab, vocab_from_dir
     from elmforge.files import atomic_write, claim_output
+    from elmforge.model.layout import resolve_model_dir
 
     if out_type not in OUT_TYPES:
         raise OptionError(
@@ -164,7 +164,9 @@ def hf_to_gguf(
         )
     given = Path(model_dir)
     model_dir = resolve_model_dir(given)
-    out_path = claim_output(out_path, "convert", force, kind="file", inputs=(model_dir,))
+    out_path = claim_output(
+        out_path, "convert", force, kind="file", inputs=(model_dir,), signature=GGUF_MAGIC
+    )
     config = _load_config(model_dir)
     check_exportable(config, str(model_dir))
     weights = _weight_files(model_dir, config)
@@ -257,20 +259,21 @@ def _model_name(given: Path, model_dir: Path) -> str | None:
 @contextlib.contextmanager
 def _tokenizer_dir(model_dir: Path, tokenizer: str | os.PathLike | None) -> Iterator[Path]:
     """A directory with the model's complete tokenizer files: the model directory itself when it
-    has them, else a temporary copy of its small files completed (the input is never written)."""
+    has them, else a temporary copy of its small files completed (the input is never written;
+    its chat template is kept, an -Instruct model without one gets Apple's)."""
     from elmforge.export.prepare import complete_model_dir, is_instruct, pick_tokenizer, read_config
+    from elmforge.model.layout import copy_model_files
 
-    tokenizer, _ = pick_tokenizer(model_dir, tokenizer, read_config(model_dir), required=True)
+    config = read_config(model_dir)
+    tokenizer, _ = pick_tokenizer(model_dir, tokenizer, config, required=True)
     if tokenizer is None:  # the directory has its own tokenizer files
         yield model_dir
         return
     with tempfile.TemporaryDirectory(prefix="elmforge-tokenizer-") as tmp:
         staging = Path(tmp)
-        for item in model_dir.iterdir():
-            if item.is_file() and item.suffix not in (".safetensors", ".bin", ".pt", ".gguf"):
-                shutil.copyfile(item, staging / item.name)
+        copy_model_files(model_dir, staging, weights="skip")
         complete_model_dir(
-            staging, tokenizer, require_tokenizer=True, instruct=is_instruct(model_dir)
+            staging, tokenizer, require_tokenizer=True, instruct=is_instruct(model_dir, config)
         )
         yield staging
 
@@ -371,13 +374,3 @@ def byte_bar(label: str | None, total: int) -> Any:
     from tqdm import tqdm
 
     return tqdm(desc=label, total=total, unit="B", unit_scale=True, file=sys.stderr)
-
-
-def __getattr__(name: str) -> Any:
-    """``gguf_to_hf`` lives with the reader (gguf_read.py); importable from here too, so both
-    directions have one home to import from."""
-    if name == "gguf_to_hf":
-        from elmforge.export.gguf_read import gguf_to_hf
-
-        return gguf_to_hf
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

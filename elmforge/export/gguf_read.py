@@ -12,21 +12,27 @@ float32 by default: every value of these four types is exact in float32.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from elmforge.errors import CheckpointError, OptionError, first_line
 from elmforge.export.gguf import ARCH, tensor_plan
-from elmforge.export.vocab import field_value
+from elmforge.export.vocab import checked_int, field_value, int_field
 
 READABLE_TYPES = ("F32", "F16", "BF16", "Q8_0")
 DTYPES = ("float32", "float16", "bfloat16")
 _DIVISORS = (256, 128, 64, 32, 16, 8, 4, 2, 1)
 
 
-def open_gguf(path: Path) -> Any:
-    """A ``GGUFReader`` of an OpenELM GGUF file, or a one-line error saying what is wrong."""
+@contextlib.contextmanager
+def open_gguf(path: Path) -> Iterator[Any]:
+    """A ``GGUFReader`` of an OpenELM GGUF file (a one-line error saying what is wrong with it
+    otherwise), released on exit: the reader has no ``close()``, and its memory map stays open as
+    long as any array it handed out (fields, tensors) is referenced."""
     from gguf import GGUFReader
 
     if not path.is_file():
@@ -37,6 +43,14 @@ def open_gguf(path: Path) -> Any:
         raise CheckpointError(
             f"{path}: not a readable GGUF file, or truncated ({first_line(err)})"
         ) from None
+    try:
+        _check_reader(reader, path)
+        yield reader
+    finally:
+        reader.fields, reader.tensors, reader.data = OrderedDict(), [], None
+
+
+def _check_reader(reader: Any, path: Path) -> None:
     size = path.stat().st_size
     end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=0)
     if end > size:
@@ -50,39 +64,52 @@ def open_gguf(path: Path) -> Any:
                 f"{path}: tensor {tensor.name} is {tensor.tensor_type.name}; gguf-to-hf reads "
                 f"{', '.join(t.lower() for t in READABLE_TYPES)}"
             )
-    return reader
 
 
-def _per_layer(reader: Any, key: str, layers: int, source: str) -> list[int]:
-    value = field_value(reader, f"{ARCH}.{key}")
+def _per_layer(reader: Any, key: str, layers: int, source: str, least: int = 1) -> list[int]:
+    name = f"{ARCH}.{key}"
+    value = field_value(reader, name)
     if value is None:
-        raise CheckpointError(f"{source}: no {ARCH}.{key}")
-    values = [int(value)] * layers if isinstance(value, int) else [int(v) for v in value]
+        raise CheckpointError(f"{source}: no {name}")
+    values = [value] * layers if not isinstance(value, list) else value
     if len(values) != layers:
-        raise CheckpointError(
-            f"{source}: {ARCH}.{key} has {len(values)} values for {layers} blocks"
-        )
-    return values
+        raise CheckpointError(f"{source}: {name} has {len(values)} values for {layers} blocks")
+    return [checked_int(v, name, source, least) for v in values]
 
 
 def config_from_gguf(reader: Any, source: str) -> Any:
     """The :class:`OpenELMConfig` a GGUF file describes."""
-    from elmforge.model.config import PRESETS, OpenELMConfig
+    from elmforge.model.config import OpenELMConfig
 
-    def scalar(key: str) -> Any:
+    def scalar(key: str, kind: type = int) -> Any:
         value = field_value(reader, f"{ARCH}.{key}")
         if value is None:
             raise CheckpointError(f"{source}: no {ARCH}.{key}")
-        return value
+        if kind is int:
+            return checked_int(value, f"{ARCH}.{key}", source, least=1)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CheckpointError(f"{source}: {ARCH}.{key} is {value!r}, expected a number > 0")
+        return float(value)
 
-    layers, d = int(scalar("block_count")), int(scalar("embedding_length"))
+    layers, d = scalar("block_count"), scalar("embedding_length")
+    if layers > len(reader.tensors):  # each block has several tensors
+        raise CheckpointError(
+            f"{source}: {ARCH}.block_count {layers}, but the file has {len(reader.tensors)} tensors"
+        )
     queries = _per_layer(reader, "attention.head_count", layers, source)
-    kv_heads = _per_layer(reader, "attention.head_count_kv", layers, source)
+    kv_heads = _per_layer(reader, "attention.head_count_kv", layers, source, least=0)
     ffn = _per_layer(reader, "feed_forward_length", layers, source)
-    head_dim = int(field_value(reader, f"{ARCH}.attention.key_length", d // queries[0]))
+    if field_value(reader, f"{ARCH}.attention.key_length") is not None:
+        head_dim = scalar("attention.key_length")
+    else:  # llama.cpp's own default: the embedding split over the heads
+        head_dim = d // queries[0]
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
     if embedding is None:
         raise CheckpointError(f"{source}: no token_embd.weight tensor")
+    if len(embedding.shape) != 2:
+        raise CheckpointError(
+            f"{source}: token_embd.weight has {len(embedding.shape)} dimensions, expected 2"
+        )
     groups = {q // kv for q, kv in zip(queries, kv_heads) if kv and q % kv == 0}
     if len(groups) != 1 or any(not kv or q % kv for q, kv in zip(queries, kv_heads)):
         raise CheckpointError(
@@ -90,27 +117,18 @@ def config_from_gguf(reader: Any, source: str) -> Any:
         )
     shared = dict(
         vocab_size=int(embedding.shape[1]),
-        max_context_length=int(scalar("context_length")),
-        rope_freq_constant=float(scalar("rope.freq_base")),
-        rms_norm_eps=float(scalar("attention.layer_norm_rms_epsilon")),
-        bos_token_id=int(field_value(reader, "tokenizer.ggml.bos_token_id", 1)),
-        eos_token_id=int(field_value(reader, "tokenizer.ggml.eos_token_id", 2)),
+        max_context_length=scalar("context_length"),
+        rope_freq_constant=scalar("rope.freq_base", float),
+        rms_norm_eps=scalar("attention.layer_norm_rms_epsilon", float),
+        bos_token_id=int_field(reader, "tokenizer.ggml.bos_token_id", source, 1),
+        eos_token_id=int_field(reader, "tokenizer.ggml.eos_token_id", source, 2),
     )
     shape = (layers, d, head_dim, queries, kv_heads, ffn)
-    for name in PRESETS:
-        preset = OpenELMConfig.from_name(name, **shared)
-        preset_shape = (
-            preset.num_transformer_layers,
-            preset.model_dim,
-            preset.head_dim,
-            preset.num_query_heads,
-            preset.num_kv_heads,
-            preset.ffn_dims(),
-        )
-        if preset_shape == shape:
-            return preset
     divisor = next(c for c in _DIVISORS if all(f % c == 0 for f in ffn))
     try:
+        preset = _preset_of(shape, shared)
+        if preset is not None:
+            return preset
         config = OpenELMConfig(
             num_transformer_layers=layers,
             model_dim=d,
@@ -131,6 +149,25 @@ def config_from_gguf(reader: Any, source: str) -> Any:
     if config.ffn_dims() != ffn:
         raise CheckpointError(f"{source}: FFN widths {ffn} cannot be expressed in config.json")
     return config
+
+
+def _preset_of(shape: tuple, shared: dict[str, Any]) -> Any:
+    """The preset whose per-layer shapes are ``shape``, with the file's ``shared`` fields."""
+    from elmforge.model.config import PRESETS, OpenELMConfig
+
+    for name in PRESETS:
+        preset = OpenELMConfig.from_name(name, **shared)
+        preset_shape = (
+            preset.num_transformer_layers,
+            preset.model_dim,
+            preset.head_dim,
+            preset.num_query_heads,
+            preset.num_kv_heads,
+            preset.ffn_dims(),
+        )
+        if preset_shape == shape:
+            return preset
+    return None
 
 
 def state_from_gguf(reader: Any, config: Any, source: str) -> dict[str, Any]:
@@ -192,26 +229,30 @@ def gguf_to_hf(
     from elmforge.export.vocab import tokenizer_from_gguf
     from elmforge.files import atomic_directory, claim_output
     from elmforge.model.convert import load_model_state
+    from elmforge.model.layout import SENTENCEPIECE_MODEL
     from elmforge.model.modeling import OpenELMForCausalLM
 
     if dtype not in DTYPES:
         raise OptionError("dtype", f"{{option}} {dtype}: expected one of {', '.join(DTYPES)}")
     gguf_path = Path(gguf_path)
-    reader = open_gguf(gguf_path)
-    target = claim_output(out_dir, "convert", force, inputs=(gguf_path,))
-    source = str(gguf_path)
-    config = config_from_gguf(reader, source)
-    state = state_from_gguf(reader, config, source)
+    with open_gguf(gguf_path) as reader:
+        target = claim_output(out_dir, "convert", force, inputs=(gguf_path,))
+        source = str(gguf_path)
+        config = config_from_gguf(reader, source)
+        state = state_from_gguf(reader, config, source)
+        template = field_value(reader, "tokenizer.chat_template")
+        if tokenizer is None:
+            tokenizer = tokenizer_from_gguf(reader, source)
     torch_dtype = getattr(torch, dtype)
-    template = field_value(reader, "tokenizer.chat_template")
     with atomic_directory(target, verb="convert") as tmp:
         with no_init_weights():  # every tensor is overwritten below
             model = OpenELMForCausalLM(config).to(torch_dtype)
         load_model_state(model, {k: v.to(torch_dtype) for k, v in state.items()}, source)
         model.config.dtype = torch_dtype
         model.save_pretrained(tmp)
-        if tokenizer is None:
-            tokenizer = tokenizer_from_gguf(reader, tmp, source)
+        if isinstance(tokenizer, bytes):  # the file's SentencePiece model
+            (tmp / SENTENCEPIECE_MODEL).write_bytes(tokenizer)
+            tokenizer = tmp / SENTENCEPIECE_MODEL
         complete_model_dir(
             tmp,
             tokenizer,

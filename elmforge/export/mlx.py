@@ -19,17 +19,23 @@ import tempfile
 from pathlib import Path
 
 from elmforge.errors import CheckpointError, ElmforgeError, OptionError, first_line
+from elmforge.model.layout import (
+    CHAT_TEMPLATE_FILE,
+    GENERATION_CONFIG,
+    SENTENCEPIECE_MODEL,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+)
 
 QUANTIZE_BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 # Files of a complete directory that elmforge writes and mlx-lm would re-save differently.
 COMPLETION_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-    "generation_config.json",
+    TOKENIZER_JSON,
+    TOKENIZER_CONFIG,
+    SENTENCEPIECE_MODEL,
+    CHAT_TEMPLATE_FILE,
+    GENERATION_CONFIG,
 )
 
 
@@ -48,14 +54,9 @@ def hf_to_mlx(
     groups of ``group_size``. The output is complete (tokenizer, chat template for -Instruct
     models, generation config) and written to a temporary name, then renamed.
     """
-    from elmforge.export.prepare import (
-        complete_model_dir,
-        is_instruct,
-        pick_tokenizer,
-        read_config,
-        resolve_model_dir,
-    )
+    from elmforge.export.prepare import complete_model_dir, is_instruct, pick_tokenizer, read_config
     from elmforge.files import atomic_directory, claim_output
+    from elmforge.model.layout import copy_model_files, resolve_model_dir
 
     if quantize is not None and quantize not in QUANTIZE_BITS:
         raise OptionError("quantize", f"{{option}} {quantize}: expected 4 or 8 (bits)")
@@ -72,13 +73,7 @@ def hf_to_mlx(
     instruct = is_instruct(model_dir, config)
     with tempfile.TemporaryDirectory(prefix="elmforge-mlx-source-") as staging_name:
         staging = Path(staging_name)
-        for item in model_dir.iterdir():
-            if not item.is_file() or item.name.startswith("."):
-                continue
-            if item.suffix in WEIGHT_SUFFIXES:
-                (staging / item.name).symlink_to(item.resolve())
-            else:
-                shutil.copyfile(item, staging / item.name)
+        copy_model_files(model_dir, staging, weights="link")
         complete_model_dir(staging, tokenizer, require_tokenizer=True, instruct=instruct)
         with atomic_directory(target, verb="convert") as tmp:
             converted = tmp / "mlx"
@@ -92,9 +87,10 @@ def hf_to_mlx(
                         q_bits=quantize,
                         q_group_size=group_size if quantize is not None else None,
                     )
-            except (ValueError, OSError, KeyError) as err:
+            except Exception as err:  # mlx-lm raises whatever its loaders and mlx raise
                 raise CheckpointError(
-                    f"{model_dir}: mlx-lm could not convert it ({first_line(err)})"
+                    f"{model_dir}: mlx-lm could not convert it ({type(err).__name__}: "
+                    f"{first_line(err)})"
                 ) from None
             for item in converted.iterdir():
                 os.replace(item, tmp / item.name)

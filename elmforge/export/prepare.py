@@ -15,7 +15,10 @@ tokenizer, no chat template. A *complete* model directory also has
 
 :func:`complete_model_dir` adds what is missing in place (each file written to a temporary name
 and renamed); pretraining's ``final/`` and checkpoints, ``average`` and every ``convert`` output
-call it. :func:`prepare_model_dir` is ``elmforge prepare``.
+call it. :func:`prepare_model_dir` is ``elmforge prepare``; :func:`corenet_to_model_dir` is
+``elmforge convert corenet-to-hf``. Which tokenizer a directory uses is
+:func:`elmforge.data.tokenizer_choice.model_tokenizer`, the loader's rule too; what MODEL names
+(a run's ``final/``, a checkpoint's ``model/``) is :func:`elmforge.model.layout.resolve_model_dir`.
 """
 
 from __future__ import annotations
@@ -23,58 +26,34 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from elmforge.data.chat import APPLE_CHAT_TEMPLATE
-from elmforge.errors import CheckpointError, ElmforgeError, OptionError
+from elmforge.errors import CheckpointError, ElmforgeError
 from elmforge.files import (
     atomic_directory,
     atomic_write_json,
     atomic_write_text,
     claim_output,
+    replace_files,
 )
-from elmforge.train.run_dir import RunDir, enclosing_run_dir, is_run_dir
+from elmforge.model.layout import (
+    CHAT_TEMPLATE_FILE,
+    CONFIG,
+    GENERATION_CONFIG,
+    SENTENCEPIECE_MODEL,
+    TOKENIZER_CONFIG,
+    TOKENIZER_JSON,
+    copy_model_files,
+    resolve_model_dir,
+)
+from elmforge.train.run_dir import enclosing_run_dir
 
-CONFIG = "config.json"
-TOKENIZER_JSON = "tokenizer.json"
-TOKENIZER_CONFIG = "tokenizer_config.json"
-SENTENCEPIECE_MODEL = "tokenizer.model"
-CHAT_TEMPLATE_FILE = "chat_template.jinja"
-GENERATION_CONFIG = "generation_config.json"
-CHECKPOINT_MODEL = "model"  # a checkpoint step directory keeps its model here
 # transformers 5 writes "TokenizersBackend", which transformers 4 (still common beside mlx-lm)
 # does not know; both read this name.
 TOKENIZER_CLASS = "PreTrainedTokenizerFast"
-
-
-# -- which directory ---------------------------------------------------------------------------
-def resolve_model_dir(path: str | os.PathLike) -> Path:
-    """The model directory MODEL names: itself, a run directory's ``final/``, or a checkpoint
-    step directory's ``model/``."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such model directory")
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: expected a model directory, got a file")
-    if is_run_dir(path):
-        final = RunDir(path).final
-        if (final / CONFIG).is_file():
-            return final
-        from elmforge.train.checkpoint import list_checkpoints
-
-        steps = list_checkpoints(path)
-        hint = f", e.g. {steps[-1]}" if steps else ""
-        raise CheckpointError(
-            f"{path}: the run has no finished model (final/) yet; pass one of its checkpoint "
-            f"directories{hint}"
-        )
-    if not (path / CONFIG).is_file() and (path / CHECKPOINT_MODEL / CONFIG).is_file():
-        return path / CHECKPOINT_MODEL
-    if not (path / CONFIG).is_file():
-        raise CheckpointError(f"{path}: not a model directory (no config.json)")
-    return path
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
@@ -93,13 +72,20 @@ def read_config(model_dir: Path) -> dict[str, Any]:
     return config
 
 
-def is_instruct(model_dir: str | os.PathLike, config: dict[str, Any] | None = None) -> bool:
-    """Whether the directory holds an ``-Instruct`` model (by its name or ``_name_or_path``)."""
-    names = [Path(model_dir).resolve().name, str((config or {}).get("_name_or_path", ""))]
+def is_instruct(model_dir: str | os.PathLike, config: Mapping[str, Any] | None = None) -> bool:
+    """Whether the directory holds an ``-Instruct`` model: by its name, the name of the run it
+    belongs to (a run's ``final/``, a checkpoint's ``model/``, ``RUN/averaged``), or
+    ``config``'s ``_name_or_path`` (which transformers 4 wrote)."""
+    path = Path(model_dir).resolve()
+    names = [path.name, str((config or {}).get("_name_or_path", ""))]
+    run = enclosing_run_dir(path)
+    if run is not None:
+        names.append(run.name)
     return any("instruct" in name.lower() for name in names)
 
 
 def has_tokenizer_files(model_dir: Path) -> bool:
+    """Whether the directory has the complete tokenizer files (nothing to write)."""
     return (model_dir / TOKENIZER_JSON).is_file() and (model_dir / TOKENIZER_CONFIG).is_file()
 
 
@@ -117,10 +103,11 @@ def complete_model_dir(
     ``tokenizer``: a tokenizer object, or a spec (``tokenizer.model``, a tokenizer directory)
     written into the directory (replacing its own); None keeps the directory's tokenizer,
     converts a lone ``tokenizer.model``, or, for LLaMA-2's 32000-token vocabulary, uses the
-    LLaMA-2 model (:func:`elmforge.data.tokenizer.default_tokenizer_path`). Without any of these
+    LLaMA-2 model (:func:`elmforge.data.tokenizer_choice.model_tokenizer`). Without any of these
     the tokenizer is left out, or, with ``require_tokenizer``, it is a one-line error saying how
-    to provide it. ``chat_template`` is written when given; otherwise an ``-Instruct`` directory
-    (``instruct`` overrides the name check, for temporary directories) without a template gets
+    to provide it. ``chat_template`` is written when given; otherwise the directory's own template
+    is kept (also when its tokenizer files are replaced), and an ``-Instruct`` directory
+    (``instruct`` overrides :func:`is_instruct`, for temporary directories) without one gets
     Apple's.
     """
     model_dir = Path(model_dir)
@@ -128,14 +115,17 @@ def complete_model_dir(
     if instruct is None:
         instruct = is_instruct(model_dir, config)
     tokenizer, source = pick_tokenizer(model_dir, tokenizer, config, require_tokenizer)
+    existing_template = current_chat_template(model_dir)  # before tokenizer_config.json changes
     if tokenizer is not None:
         _write_tokenizer(model_dir, tokenizer, source, config)
     if has_tokenizer_files(model_dir):
-        template = chat_template
-        if template is None and instruct and current_chat_template(model_dir) is None:
-            template = APPLE_CHAT_TEMPLATE
-        if template is None:
-            template = current_chat_template(model_dir)
+        candidates = (
+            chat_template,
+            current_chat_template(model_dir),
+            existing_template,
+            APPLE_CHAT_TEMPLATE if instruct else None,
+        )
+        template = next((t for t in candidates if t is not None), None)
         if template is not None:
             write_chat_template(model_dir, template)
     if not (model_dir / GENERATION_CONFIG).is_file():
@@ -143,57 +133,21 @@ def complete_model_dir(
     return model_dir
 
 
-class DirectoryCompletion:
-    """Stands where code that must not know tokenizers saves "a tokenizer" into a directory it is
-    writing (``save_pretrained(directory)``: ``model.convert.corenet_to_hf``): completes that
-    directory instead, with ``tokenizer`` (required when given) and the chat-template rule."""
-
-    def __init__(self, tokenizer: Any = None, *, instruct: bool | None = None) -> None:
-        self.tokenizer, self.instruct = tokenizer, instruct
-
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        complete_model_dir(
-            directory,
-            self.tokenizer,
-            require_tokenizer=self.tokenizer is not None,
-            instruct=self.instruct,
-        )
-
-
 def pick_tokenizer(
     model_dir: Path, tokenizer: Any, config: dict[str, Any], required: bool
 ) -> tuple[Any, Path | None]:
     """(tokenizer object to write or None to keep what is there, its SentencePiece model)."""
-    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE, default_tokenizer_path, load_tokenizer
+    from elmforge.data.tokenizer import load_tokenizer
+    from elmforge.data.tokenizer_choice import model_tokenizer
 
+    if tokenizer is None and has_tokenizer_files(model_dir):
+        return None, None
+    tokenizer = model_tokenizer(model_dir, config, tokenizer, required=required)
     if tokenizer is None:
-        if has_tokenizer_files(model_dir):
-            return None, None
-        if (model_dir / TOKENIZER_JSON).is_file() or (model_dir / SENTENCEPIECE_MODEL).is_file():
-            tokenizer = model_dir  # tokenizer.json without its config, or a lone tokenizer.model
-        elif config.get("vocab_size") == LLAMA2_VOCAB_SIZE:
-            tokenizer = default_tokenizer_path()
-        if tokenizer is None:
-            if required:
-                raise OptionError("tokenizer", missing_tokenizer_message(model_dir, config))
-            return None, None
+        return None, None
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = load_tokenizer(tokenizer)
     return tokenizer, sentencepiece_source(tokenizer)
-
-
-def missing_tokenizer_message(model_dir: Path, config: dict[str, Any]) -> str:
-    """The error for a directory without tokenizer files (``{option}``: the tokenizer flag)."""
-    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE
-    from elmforge.data.tokenizer_choice import llama2_missing_message
-
-    vocab = config.get("vocab_size")
-    if vocab != LLAMA2_VOCAB_SIZE:
-        return (
-            f"{model_dir}: no tokenizer (tokenizer.json or tokenizer.model) and vocab_size "
-            f"{vocab} is not LLaMA-2's {LLAMA2_VOCAB_SIZE}; give {{option}} PATH"
-        )
-    return f"{model_dir}: no tokenizer files; {llama2_missing_message('{option}')}"
 
 
 def sentencepiece_source(tokenizer: Any) -> Path | None:
@@ -219,42 +173,32 @@ def _write_tokenizer(
             f"{model_dir}: the tokenizer has {len(tokenizer)} tokens, more than the model's "
             f"vocab_size {vocab_size}"
         )
-    # Saved beside the directory's files, then each renamed into place (never half a file).
-    with tempfile.TemporaryDirectory(dir=model_dir, prefix=".tokenizer.tmp-") as tmp:
-        staging = Path(tmp)
+    own_model = model_dir / SENTENCEPIECE_MODEL
+    # A tokenizer.model that is not this tokenizer's source would mislead llama.cpp: removed,
+    # after the new files are in place.
+    stale = (SENTENCEPIECE_MODEL,) if source is None else ()
+    with replace_files(model_dir, last=(TOKENIZER_JSON,), remove=stale) as staging:
         tokenizer.save_pretrained(staging)
         settings = json.loads((staging / TOKENIZER_CONFIG).read_text(encoding="utf-8"))
         settings.update(tokenizer_flags(tokenizer))
         (staging / TOKENIZER_CONFIG).write_text(
             json.dumps(settings, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
-        if source is not None and source.resolve() != (model_dir / SENTENCEPIECE_MODEL).resolve():
+        if source is not None and source.resolve() != own_model.resolve():
             shutil.copyfile(source, staging / SENTENCEPIECE_MODEL)
-        if source is None and (model_dir / SENTENCEPIECE_MODEL).is_file():
-            # A tokenizer.model that is not this tokenizer's source would mislead llama.cpp.
-            (model_dir / SENTENCEPIECE_MODEL).unlink()
-        for item in sorted(staging.iterdir(), key=lambda p: p.name == TOKENIZER_CONFIG):
-            if item.is_file():
-                os.chmod(item, 0o666 & ~_umask())
-                os.replace(item, model_dir / item.name)
 
 
 def tokenizer_flags(tokenizer: Any) -> dict[str, Any]:
     """``tokenizer_config.json`` entries transformers 5 leaves out but other readers need: the
     class name every version knows and whether bos/eos are added (from an actual encoding)."""
-    ids = tokenizer("a").input_ids
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    from elmforge.data.tokenizer import adds_special_tokens
+
+    adds_bos, adds_eos = adds_special_tokens(tokenizer)
     return {
         "tokenizer_class": TOKENIZER_CLASS,
-        "add_bos_token": bool(ids) and bos is not None and ids[0] == bos,
-        "add_eos_token": bool(ids) and eos is not None and ids[-1] == eos,
+        "add_bos_token": adds_bos,
+        "add_eos_token": adds_eos,
     }
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def current_chat_template(model_dir: Path) -> str | None:
@@ -296,7 +240,7 @@ def _write_generation_config(model_dir: Path, config: dict[str, Any]) -> None:
     atomic_write_text(model_dir / GENERATION_CONFIG, generation.to_json_string(use_diff=True))
 
 
-# -- elmforge prepare ----------------------------------------------------------------------------
+# -- elmforge prepare, convert corenet-to-hf -------------------------------------------------------
 def prepare_model_dir(
     model_dir: str | os.PathLike,
     *,
@@ -317,9 +261,7 @@ def prepare_model_dir(
                 f"{source}: is inside the run directory {run}, which prepare does not modify; "
                 f"give --out DIR for a complete copy"
             )
-        if tokenizer is None:
-            # Fail before writing anything when no tokenizer can be found.
-            pick_tokenizer(source, None, config, required=True)
+        # The tokenizer is found (or refused) before anything is written.
         return complete_model_dir(source, tokenizer, require_tokenizer=True)
     target = claim_output(out, "prepare", force, inputs=(source,))
     instruct = is_instruct(source, config)
@@ -329,11 +271,27 @@ def prepare_model_dir(
     return target
 
 
-def copy_model_files(source: Path, target: Path) -> None:
-    """The files of a model directory (not hidden ones, not subdirectories) into ``target``."""
-    for item in sorted(source.iterdir()):
-        if item.is_file() and not item.name.startswith("."):
-            shutil.copyfile(item, target / item.name)
+def corenet_to_model_dir(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    shape: str | os.PathLike,
+    tokenizer: str | os.PathLike | None = None,
+) -> Path:
+    """``elmforge convert corenet-to-hf``: a CoreNet ``.pt`` checkpoint as a model directory,
+    completed (:func:`complete_model_dir`) before it is renamed into place. ``shape``: a preset
+    name or a model directory / ``config.json`` describing the model; ``tokenizer`` is required to
+    load when given (else the LLaMA-2 rule applies, and no tokenizer is no error)."""
+    from elmforge.model.convert import corenet_to_hf
+    from elmforge.model.profile import resolve_config
+
+    instruct = is_instruct(out_dir)
+
+    def complete(directory: Path) -> None:
+        complete_model_dir(
+            directory, tokenizer, require_tokenizer=tokenizer is not None, instruct=instruct
+        )
+
+    return corenet_to_hf(checkpoint, out_dir, resolve_config(shape), finish=complete)
 
 
 def completeness(model_dir: str | os.PathLike) -> dict[str, bool]:

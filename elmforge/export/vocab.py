@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.errors import CheckpointError, ElmforgeError, OptionError
+from elmforge.model.layout import SENTENCEPIECE_MODEL, TOKENIZER_JSON
 
-NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6  # gguf.TokenType
 PAD_SCORE = -10000.0  # ids the SentencePiece model does not cover
 ADDED_SCORE = -1000.0  # added tokens
 
@@ -51,9 +51,9 @@ class GGUFVocab:
 def vocab_from_dir(tokenizer_dir: Path, vocab_size: int) -> GGUFVocab:
     """The GGUF vocabulary of a complete model directory (``tokenizer.model`` or a byte-level
     BPE ``tokenizer.json``), ``vocab_size`` entries long."""
-    if (tokenizer_dir / "tokenizer.model").is_file():
+    if (tokenizer_dir / SENTENCEPIECE_MODEL).is_file():
         return _sentencepiece_vocab(tokenizer_dir, vocab_size)
-    spec = _read_tokenizer_json(tokenizer_dir / "tokenizer.json")
+    spec = _read_tokenizer_json(tokenizer_dir / TOKENIZER_JSON)
     if not is_byte_level_bpe(spec):
         raise OptionError(
             "tokenizer",
@@ -73,16 +73,17 @@ def _read_tokenizer_json(path: Path) -> dict[str, Any]:
 
 
 def _added_tokens(tokenizer_dir: Path) -> list[dict[str, Any]]:
-    path = tokenizer_dir / "tokenizer.json"
+    path = tokenizer_dir / TOKENIZER_JSON
     if not path.is_file():
         return []
     return list(_read_tokenizer_json(path).get("added_tokens") or [])
 
 
 def _sentencepiece_vocab(tokenizer_dir: Path, vocab_size: int) -> GGUFVocab:
+    from gguf import TokenType
     from sentencepiece import SentencePieceProcessor
 
-    path = tokenizer_dir / "tokenizer.model"
+    path = tokenizer_dir / SENTENCEPIECE_MODEL
     processor = SentencePieceProcessor()
     try:
         processor.LoadFromFile(str(path))
@@ -95,27 +96,27 @@ def _sentencepiece_vocab(tokenizer_dir: Path, vocab_size: int) -> GGUFVocab:
         )
     tokens = [f"[PAD{i}]".encode() for i in range(vocab_size)]
     scores = [PAD_SCORE] * vocab_size
-    types = [UNUSED] * vocab_size
+    types = [TokenType.UNUSED] * vocab_size
     for i in range(pieces):
         tokens[i] = processor.IdToPiece(i).encode("utf-8")
         scores[i] = processor.GetScore(i)
         if processor.IsUnknown(i):
-            types[i] = UNKNOWN
+            types[i] = TokenType.UNKNOWN
         elif processor.IsControl(i):
-            types[i] = CONTROL
+            types[i] = TokenType.CONTROL
         elif processor.IsUnused(i):
-            types[i] = UNUSED
+            types[i] = TokenType.UNUSED
         elif processor.IsByte(i):
-            types[i] = BYTE
+            types[i] = TokenType.BYTE
         else:
-            types[i] = NORMAL
+            types[i] = TokenType.NORMAL
     for added in _added_tokens(tokenizer_dir):
         index = added.get("id")
         if isinstance(index, int) and pieces <= index < vocab_size:
             content = str(added.get("content", ""))
             special = bool(added.get("special"))
             tokens[index] = (content if special else content.replace("▁", " ")).encode("utf-8")
-            types[index] = CONTROL if special else USER_DEFINED
+            types[index] = TokenType.CONTROL if special else TokenType.USER_DEFINED
             scores[index] = ADDED_SCORE
     return GGUFVocab("llama", "default", tokens, types, scores)
 
@@ -138,6 +139,7 @@ def is_byte_level_bpe(spec: dict[str, Any]) -> bool:
 
 def _byte_level_vocab(tokenizer_dir: Path, spec: dict[str, Any], vocab_size: int) -> GGUFVocab:
     import gguf
+    from gguf import TokenType
 
     vocab: dict[str, int] = spec["model"].get("vocab") or {}
     added = {t["id"]: t for t in spec.get("added_tokens") or [] if isinstance(t.get("id"), int)}
@@ -152,13 +154,13 @@ def _byte_level_vocab(tokenizer_dir: Path, spec: dict[str, Any], vocab_size: int
     for i in range(vocab_size):
         if i in added:
             tokens.append(str(added[i]["content"]).encode("utf-8"))
-            types.append(CONTROL if added[i].get("special") else USER_DEFINED)
+            types.append(TokenType.CONTROL if added[i].get("special") else TokenType.USER_DEFINED)
         elif i in by_id:
             tokens.append(by_id[i].encode("utf-8"))
-            types.append(NORMAL)
+            types.append(TokenType.NORMAL)
         else:
             tokens.append(f"[PAD{i}]".encode())
-            types.append(UNUSED)
+            types.append(TokenType.UNUSED)
     merges = gguf.SpecialVocab(tokenizer_dir, load_merges=True).merges
     return GGUFVocab("gpt2", "gpt-2", tokens, types, merges=list(merges))
 
@@ -195,14 +197,25 @@ def field_value(reader: Any, key: str, default: Any = None) -> Any:
     return entry.contents()
 
 
-def tokenizer_from_gguf(reader: Any, out_dir: Path, source: str) -> Any:
-    """The GGUF's tokenizer: a ``tokenizer.model`` written into ``out_dir`` (its path) for a
+def checked_int(value: Any, key: str, source: str, least: int = 0) -> int:
+    """``value`` of metadata ``key`` as an int of at least ``least``, or a one-line error (a
+    file may hold a string, a float or an array where a count or an id belongs)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise CheckpointError(f"{source}: {key} is {value!r}, expected an integer >= {least}")
+    return value
+
+
+def int_field(reader: Any, key: str, source: str, default: int, least: int = 0) -> int:
+    """An integer metadata value (``default`` when absent), checked by :func:`checked_int`."""
+    return checked_int(field_value(reader, key, default), key, source, least)
+
+
+def tokenizer_from_gguf(reader: Any, source: str) -> bytes | Any:
+    """The GGUF's tokenizer: a SentencePiece model (the bytes of a ``tokenizer.model``) for a
     ``llama`` vocabulary, a byte-level BPE tokenizer object for ``gpt2``; else an error."""
     model = field_value(reader, "tokenizer.ggml.model")
     if model == "llama":
-        path = out_dir / "tokenizer.model"
-        path.write_bytes(sentencepiece_model_bytes(reader, source))
-        return path
+        return sentencepiece_model_bytes(reader, source)
     if model == "gpt2":
         return _byte_level_tokenizer(reader, source)
     raise OptionError(
@@ -226,24 +239,29 @@ def sentencepiece_model_bytes(reader: Any, source: str) -> bytes:
     Settings GGUF does not store are LLaMA-2's: identity normaliser without whitespace removal,
     whitespace escaped as ``▁``, whitespace-only pieces allowed (llama.cpp never splits words
     before merging, and neither does our fast tokenizer)."""
+    from gguf import TokenType
     from sentencepiece import sentencepiece_model_pb2
 
+    piece = sentencepiece_model_pb2.ModelProto.SentencePiece
+    # The same kinds under the same names in both formats (llama.cpp took SentencePiece's).
+    kinds = ("NORMAL", "UNKNOWN", "CONTROL", "USER_DEFINED", "UNUSED", "BYTE")
+    piece_types = {int(TokenType[name]): getattr(piece, name) for name in kinds}
     tokens, types = _token_lists(reader, source)
     scores = field_value(reader, "tokenizer.ggml.scores") or [0.0] * len(tokens)
     proto = sentencepiece_model_pb2.ModelProto()
     for text, score, kind in zip(tokens, scores, types):
-        piece = proto.pieces.add()
-        piece.piece, piece.score = text, float(score)
-        piece.type = kind if kind in (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE) else 1
+        entry = proto.pieces.add()
+        entry.piece, entry.score = text, float(score)
+        entry.type = piece_types.get(kind, piece.NORMAL)
     trainer = proto.trainer_spec
     trainer.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
     trainer.vocab_size = len(tokens)
-    trainer.byte_fallback = BYTE in types
+    trainer.byte_fallback = TokenType.BYTE in types
     trainer.allow_whitespace_only_pieces = True
-    trainer.unk_id = int(field_value(reader, "tokenizer.ggml.unknown_token_id", 0))
-    trainer.bos_id = int(field_value(reader, "tokenizer.ggml.bos_token_id", -1))
-    trainer.eos_id = int(field_value(reader, "tokenizer.ggml.eos_token_id", -1))
-    trainer.pad_id = int(field_value(reader, "tokenizer.ggml.padding_token_id", -1))
+    trainer.unk_id = int_field(reader, "tokenizer.ggml.unknown_token_id", source, 0)
+    trainer.bos_id = int_field(reader, "tokenizer.ggml.bos_token_id", source, -1, least=-1)
+    trainer.eos_id = int_field(reader, "tokenizer.ggml.eos_token_id", source, -1, least=-1)
+    trainer.pad_id = int_field(reader, "tokenizer.ggml.padding_token_id", source, -1, least=-1)
     for name, index in (("unk", trainer.unk_id), ("bos", trainer.bos_id), ("eos", trainer.eos_id)):
         if index >= len(tokens):
             raise CheckpointError(f"{source}: {name} token id {index} is outside the vocabulary")

@@ -25,7 +25,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from elmforge.errors import ElmforgeError, OptionError
 from elmforge.infer.detokenize import TextAssembler
-from elmforge.infer.loading import context_length_of, load_model_and_tokenizer
+from elmforge.infer.loading import context_length_of
 
 __all__ = [
     "ContextOverflowError",
@@ -34,7 +34,6 @@ __all__ = [
     "SamplingOptions",
     "fit_to_context",
     "generate_text",
-    "load_model_and_tokenizer",
 ]
 
 

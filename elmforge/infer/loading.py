@@ -15,12 +15,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from elmforge.errors import CheckpointError, OptionError, first_line
-from elmforge.train.run_dir import CHECKPOINT_MODEL
+from elmforge.model.layout import CONFIG, resolve_model_dir
 
 if TYPE_CHECKING:
     import torch
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
 # Spelling -> torch dtype name: the short spellings of run configs and transformers' long ones.
 # (Names, not torch objects: the CLI lists them before it imports torch.)
 DTYPES = {
@@ -73,42 +72,27 @@ def context_length_of(model: Any) -> int:
     return DEFAULT_CONTEXT_LENGTH
 
 
-def has_tokenizer(model_dir: Path) -> bool:
-    return any((model_dir / name).is_file() for name in TOKENIZER_FILES)
+def find_tokenizer(path_or_name: str | os.PathLike, tokenizer: Any = None) -> Any:
+    """The tokenizer :func:`load` uses with the model ``path_or_name`` names (an object or a spec
+    to load): ``tokenizer`` if given, a hub model's own, else the model directory's rule
+    (:func:`elmforge.data.tokenizer_choice.model_tokenizer`: its own tokenizer, LLaMA-2's for a
+    32000-token model, else a one-line error saying how to give one). Checked before any
+    weights load."""
+    return _tokenizer_spec(local_model_dir(path_or_name), path_or_name, tokenizer)
 
 
-def find_tokenizer(model_dir: str | os.PathLike, tokenizer: Any = None) -> Any:
-    """The tokenizer to use: ``tokenizer`` if given, else the model directory's own, else (for a
-    model with LLaMA-2's 32000-token vocabulary, as Apple's checkpoints have) the LLaMA-2
-    ``tokenizer.model`` where :func:`elmforge.data.tokenizer.default_tokenizer_path` finds it,
-    which is what Apple evaluated with.
+def _tokenizer_spec(model_dir: Path | None, path_or_name: Any, tokenizer: Any) -> Any:
+    if model_dir is None:  # a hub name brings its own
+        return tokenizer if tokenizer is not None else str(path_or_name)
+    from elmforge.data.tokenizer_choice import model_tokenizer
 
-    Anything else is an error rather than a silent guess: scores and text depend on the exact
-    tokenizer.
-    """
-    if tokenizer is not None:
-        return tokenizer
-    model_dir = Path(model_dir)
-    if has_tokenizer(model_dir) or not model_dir.exists():  # a hub name brings its own
-        return str(model_dir)
-    from elmforge.data.tokenizer import LLAMA2_VOCAB_SIZE, default_tokenizer_path
-
-    llama2 = default_tokenizer_path()
-    config = _config_json(model_dir) or {}
-    if llama2 is not None and config.get("vocab_size") == LLAMA2_VOCAB_SIZE:
-        return llama2
-    example = f", e.g. {{option}} {llama2}" if llama2 else ""
-    raise OptionError(
-        "tokenizer",
-        f"{model_dir}: the model directory has no tokenizer (tokenizer.json or tokenizer.model); "
-        f"pass {{option}} PATH (OpenELM uses LLaMA-2's{example})",
-    )
+    return model_tokenizer(model_dir, _config_json(model_dir), tokenizer)
 
 
 def _config_json(model_dir: Path) -> dict[str, Any] | None:
     """The directory's config.json as a dict, None if it cannot be read as one."""
     try:
-        config = json.loads((model_dir / "config.json").read_text())
+        config = json.loads((model_dir / CONFIG).read_text())
     except (OSError, ValueError):
         return None
     return config if isinstance(config, dict) else None
@@ -121,21 +105,14 @@ def _is_openelm_dir(model_dir: Path) -> bool:
 
 
 def local_model_dir(path_or_name: str | os.PathLike) -> Path | None:
-    """The model directory ``path_or_name`` names, None for a hub name; a training checkpoint
-    (``checkpoints/step-N``) names its ``model/``. A local path that is neither is an error."""
+    """The model directory ``path_or_name`` names (:func:`elmforge.model.layout.resolve_model_dir`:
+    a run's ``final/``, a checkpoint's ``model/``), None for a hub name ("name" or "org/name"
+    that is not a local path)."""
     spec = str(path_or_name)
-    model_dir = Path(spec).expanduser()
     looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
-    if not model_dir.exists() and not looks_local:  # hub names are "name" or "org/name"
+    if not Path(spec).expanduser().exists() and not looks_local:
         return None
-    if not model_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: no such model directory")
-    checkpoint_model = model_dir / CHECKPOINT_MODEL
-    if not (model_dir / "config.json").is_file() and (checkpoint_model / "config.json").is_file():
-        return checkpoint_model
-    if not (model_dir / "config.json").is_file():
-        raise CheckpointError(f"{model_dir}: not a model directory (no config.json)")
-    return model_dir
+    return resolve_model_dir(spec)
 
 
 def load_model(
@@ -143,14 +120,23 @@ def load_model(
     device: str = "auto",
     dtype: str | torch.dtype | None = "auto",
 ) -> Any:
-    """A causal LM in eval mode on ``device``: an OpenELM directory (integrity-checked), another
-    architecture's HF directory, or a hub name (needs the network or the local hub cache)."""
-    from elmforge.model.convert import load_pretrained
+    """A causal LM in eval mode on ``device``, without a tokenizer (a draft model): see
+    :func:`load`."""
+    resolved_device = pick_device(device)
+    return _load_weights(
+        local_model_dir(path_or_name),
+        str(path_or_name),
+        resolved_device,
+        resolve_dtype(dtype, resolved_device),
+    )
 
-    model_dir = local_model_dir(path_or_name)
-    device = pick_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
+
+def _load_weights(model_dir: Path | None, name: str, device: str, torch_dtype: torch.dtype) -> Any:
+    """The model of an OpenELM directory (integrity-checked), another architecture's HF
+    directory, or a hub name (needs the network or the local hub cache), in eval mode."""
     if model_dir is not None and _is_openelm_dir(model_dir):
+        from elmforge.model.convert import load_pretrained
+
         return load_pretrained(model_dir, dtype=torch_dtype, device=device)
     from transformers import AutoModelForCausalLM
 
@@ -158,7 +144,7 @@ def load_model(
 
     register_models()  # a hub name may be an OpenELM model (model_type openelm)
 
-    spec = str(model_dir or path_or_name)
+    spec = str(model_dir or name)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             spec, dtype=torch_dtype, trust_remote_code=False
@@ -204,20 +190,22 @@ def load(
 ) -> LoadedModel:
     """Load a model directory (or hub name) with its tokenizer and, optionally, a PEFT adapter.
 
-    ``tokenizer`` is a tokenizer object, a spec (``tokenizer.model``, a directory, a hub name) or
-    None for the model's own (see :func:`find_tokenizer`); it is checked before the model loads.
-    ``adapter`` is a PEFT adapter directory (``adapter_config.json``), merged into the weights
-    after loading so inference runs at the base model's speed.
+    ``path_or_name`` is a model directory, a run directory (its ``final/``), a training
+    checkpoint (its ``model/``) or a hub name. ``tokenizer`` is a tokenizer object, a spec
+    (``tokenizer.model``, a directory, a hub name) or None for the model's own (see
+    :func:`find_tokenizer`); it is checked before the model loads. ``adapter`` is a PEFT adapter
+    directory (``adapter_config.json``), merged into the weights after loading so inference runs
+    at the base model's speed.
     """
     from elmforge.data.tokenizer import load_tokenizer
 
     model_dir = local_model_dir(path_or_name)
-    spec = find_tokenizer(model_dir or path_or_name, tokenizer)
+    spec = _tokenizer_spec(model_dir, path_or_name, tokenizer)
     source = str(spec) if isinstance(spec, (str, os.PathLike)) else None
     tokenizer = load_tokenizer(spec) if source is not None else spec
     resolved_device = pick_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
-    model = load_model(model_dir or path_or_name, device=resolved_device, dtype=torch_dtype)
+    model = _load_weights(model_dir, str(path_or_name), resolved_device, torch_dtype)
     adapter_dir = None
     if adapter is not None:
         adapter_dir = Path(adapter)
@@ -250,21 +238,3 @@ def merge_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
             f"{adapter_dir}: cannot apply the adapter ({first_line(err)})"
         ) from None
     return peft_model.merge_and_unload().eval()
-
-
-def load_model_and_tokenizer(
-    path_or_name: str | os.PathLike,
-    tokenizer: Any = None,
-    device: str = "auto",
-    dtype: str | torch.dtype | None = "auto",
-) -> tuple[Any, Any]:
-    """(model, tokenizer). ``tokenizer`` is a tokenizer object, a spec (``tokenizer.model``,
-    a directory, a hub name) or None for the model's own; both are checked before the model
-    loads."""
-    from elmforge.data.tokenizer import load_tokenizer
-
-    model_dir = local_model_dir(path_or_name)
-    tokenizer = find_tokenizer(model_dir or path_or_name, tokenizer)
-    if isinstance(tokenizer, (str, os.PathLike)):
-        tokenizer = load_tokenizer(tokenizer)
-    return load_model(model_dir or path_or_name, device=device, dtype=dtype), tokenizer

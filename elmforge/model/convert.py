@@ -9,9 +9,8 @@ row 32000 is the padding index). They are read with ``weights_only=True``: never
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import torch
 from transformers.initialization import no_init_weights
@@ -122,14 +121,16 @@ def load_model_state(
 
 
 def save_pretrained_atomic(
-    model: OpenELMForCausalLM, out_dir: str | os.PathLike, tokenizer: Any = None
+    model: OpenELMForCausalLM,
+    out_dir: str | os.PathLike,
+    finish: Callable[[Path], None] | None = None,
 ) -> Path:
-    """``save_pretrained`` (and the tokenizer's, if given) into a temporary sibling directory,
-    then rename it into place."""
+    """``save_pretrained`` into a temporary sibling directory, ``finish(it)`` (the caller's last
+    touches, e.g. tokenizer files) if given, then rename it into place."""
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
+        if finish is not None:
+            finish(tmp)
     return Path(out_dir)
 
 
@@ -137,17 +138,18 @@ def corenet_to_hf(
     checkpoint: str | os.PathLike,
     out_dir: str | os.PathLike,
     config: OpenELMConfig,
-    tokenizer: Any = None,
+    finish: Callable[[Path], None] | None = None,
 ) -> Path:
     """Convert a CoreNet ``.pt`` checkpoint into an HF-layout directory (safetensors + config);
-    ``tokenizer`` (any object with ``save_pretrained``) is saved beside the weights."""
+    ``finish`` is called on the directory before it is renamed into place (the model knows
+    nothing of tokenizers: :func:`elmforge.export.prepare.corenet_to_model_dir` completes it)."""
     state = corenet_to_hf_state_dict(load_corenet_state_dict(checkpoint), config)
     dtype = state[f"transformer.{_EMBEDDING_KEY}"].dtype
     with no_init_weights():  # every tensor is about to be overwritten
         model = OpenELMForCausalLM(config).to(dtype)
     load_model_state(model, state, str(checkpoint))
     model.config.dtype = dtype
-    return save_pretrained_atomic(model, out_dir, tokenizer)
+    return save_pretrained_atomic(model, out_dir, finish)
 
 
 def hf_to_corenet(model_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:

@@ -79,10 +79,10 @@ def serve(
     ):
         if value is not None and value < least:
             raise OptionError(option, f"{{option}} {value}: must be at least {least}")
-    from elmforge.infer.loading import find_tokenizer, local_model_dir
+    from elmforge.infer.loading import find_tokenizer
 
     # What can fail fast does, before the slow imports and the model load.
-    find_tokenizer(local_model_dir(model) or model, tokenizer)
+    find_tokenizer(model, tokenizer)
     sock = bind(host, port)
     from elmforge.infer.chat import encode_rendered, render_messages
     from elmforge.infer.generate import load_generator

@@ -33,6 +33,7 @@ import torch
 
 from elmforge.errors import CheckpointError, first_line
 from elmforge.files import atomic_directory, clean_temporaries
+from elmforge.model.layout import WEIGHTS
 from elmforge.train.run_dir import CHECKPOINT_MODEL, CHECKPOINTS, RunDir
 
 MANIFEST = "manifest.json"
@@ -40,8 +41,6 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 RNG_STATE = "rng.pt"
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
-# Files of an HF model directory that are not weights or config: the tokenizer.
-_MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors"}
 
 
 def step_dir_name(step: int) -> str:
@@ -89,7 +88,7 @@ def verify_checkpoint(directory: Path) -> None:
         TRAINER_STATE,
         OPTIMIZER_STATE,
         RNG_STATE,
-        f"{CHECKPOINT_MODEL}/model.safetensors",
+        f"{CHECKPOINT_MODEL}/{WEIGHTS}",
     ):
         if required not in files:
             raise CheckpointError(f"{directory}: manifest lists no {required}")
@@ -264,7 +263,7 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
     directory = Path(directory)
     try:
-        model_state = load_file(directory / CHECKPOINT_MODEL / "model.safetensors")
+        model_state = load_file(directory / CHECKPOINT_MODEL / WEIGHTS)
         optimizer_state = torch.load(directory / OPTIMIZER_STATE, weights_only=True)
         rng_states = torch.load(directory / RNG_STATE, weights_only=True)
         trainer_state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
@@ -279,33 +278,26 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
 
 
 # -- averaging -------------------------------------------------------------------------------------------------
-def _model_dir_of(path: Path) -> Path:
-    path = Path(path)
-    if (path / "config.json").is_file():
-        return path
-    if (path / CHECKPOINT_MODEL / "config.json").is_file():
-        return path / CHECKPOINT_MODEL
-    raise CheckpointError(f"{path}: neither a model directory nor a checkpoint (no config.json)")
-
-
 def average_checkpoints(paths: list[Path], out_dir: Path) -> Path:
     """The paper's checkpoint averaging: the element-wise mean of several checkpoints' weights.
 
-    ``paths`` are HF model directories or ``step-N`` checkpoint directories of one run (same
-    shapes). The mean is taken in float64 and stored in the checkpoints' dtype; config and
-    tokenizer come from the last path. Written atomically to ``out_dir`` (HF layout).
+    ``paths`` name model directories (:func:`elmforge.model.layout.resolve_model_dir`: also
+    ``step-N`` checkpoint directories) of one run (same shapes). The mean is taken in float64 and
+    stored in the checkpoints' dtype; config and tokenizer come from the last path. Written
+    atomically to ``out_dir`` (HF layout).
     """
     from safetensors import safe_open
 
     from elmforge.model.config import OpenELMConfig
+    from elmforge.model.layout import copy_model_files, resolve_model_dir
 
     if not paths:
         raise CheckpointError("average: no checkpoints given")
-    model_dirs = [_model_dir_of(p) for p in paths]
+    model_dirs = [resolve_model_dir(p) for p in paths]
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for model_dir in model_dirs:
-        weights = model_dir / "model.safetensors"
+        weights = model_dir / WEIGHTS
         if not weights.is_file():
             raise CheckpointError(f"{model_dir}: no model.safetensors")
         try:
@@ -332,13 +324,13 @@ def average_checkpoints(paths: list[Path], out_dir: Path) -> Path:
     last = model_dirs[-1]
     config = OpenELMConfig.from_pretrained(last)
     with atomic_directory(Path(out_dir)) as tmp:
-        save_model_dir(config, averaged, tmp)
-        for extra in sorted(last.iterdir()):
-            if extra.is_file() and extra.name not in _MODEL_FILES:
-                shutil.copy2(extra, tmp / extra.name)
-        from elmforge.export.prepare import complete_model_dir, is_instruct
+        from elmforge.export.prepare import complete_model_dir, is_instruct, read_config
 
-        complete_model_dir(tmp, instruct=is_instruct(out_dir))
+        # The last checkpoint's small files (tokenizer, chat template), then the averaged model.
+        copy_model_files(last, tmp, weights="skip")
+        save_model_dir(config, averaged, tmp)
+        instruct = is_instruct(out_dir) or is_instruct(last, read_config(last))
+        complete_model_dir(tmp, instruct=instruct)
         sources = [str(p) for p in model_dirs]
         (tmp / "averaged_from.json").write_text(json.dumps(sources, indent=1), encoding="utf-8")
     return Path(out_dir)

@@ -153,3 +153,46 @@ def test_tokenizer_install_puts_llama2_where_every_verb_finds_it(
     assert target.read_bytes() == b"something else"
     assert main(["tokenizer", "install", str(llama2_tokenizer_path), "--force"]) == 0
     assert target.read_bytes() == llama2_tokenizer_path.read_bytes()
+
+
+def test_llama2_lookup_order_and_the_development_switch(tmp_path, monkeypatch):
+    """$ELMFORGE_LLAMA2_TOKENIZER, then the user cache, then (in a checkout, unless
+    $ELMFORGE_NO_DEV_FALLBACK=1) the shared data; tests never see the developer's own cache."""
+    from pathlib import Path
+
+    from elmforge.data.tokenizer import default_tokenizer_path, llama2_cache_path
+
+    assert Path.home() / ".cache" not in llama2_cache_path().parents  # conftest's isolation
+    shared = tmp_path / "shared" / "data" / "llama2-tokenizer.model"
+    cache = tmp_path / "cache" / "elmforge" / "llama2-tokenizer.model"
+    given = tmp_path / "given.model"
+    for path in (shared, cache, given):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(path.name.encode())
+    monkeypatch.setenv("ELMFORGE_SHARED", str(tmp_path / "shared"))
+    assert default_tokenizer_path() == shared
+    monkeypatch.setenv("ELMFORGE_NO_DEV_FALLBACK", "1")
+    assert default_tokenizer_path() is None
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert default_tokenizer_path() == cache
+    monkeypatch.setenv("ELMFORGE_LLAMA2_TOKENIZER", str(given))
+    assert default_tokenizer_path() == given
+
+
+def test_encodings_are_probed_for_bos_and_eos(tmp_path):
+    from elmforge.data.tokenizer import adds_special_tokens
+
+    trained = train_bpe_tokenizer(["some text to learn from"] * 20, vocab_size=270)
+    assert adds_special_tokens(trained) == (True, False)
+    trained.add_bos_token, trained.add_eos_token = False, True
+    assert adds_special_tokens(trained) == (False, True)
+
+
+def test_saved_tokenizer_joins_a_directory_with_tokenizer_json_last(tmp_path, renames):
+    """Readers look for tokenizer.json: it is renamed into place after the rest of the set."""
+    (tmp_path / "config.json").write_text("{}")
+    tokenizer = train_bpe_tokenizer(["some text to learn from"] * 20, 270, out_dir=tmp_path)
+    assert renames[-1] == "tokenizer.json" and "tokenizer_config.json" in renames
+    assert (tmp_path / "config.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["config.json", *renames])
+    assert load_tokenizer(tmp_path)("some text").input_ids == tokenizer("some text").input_ids

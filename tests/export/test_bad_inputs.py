@@ -9,6 +9,7 @@ test runs `elmforge prepare` as one.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,42 @@ from tests.cli_support import assert_clean_error, run_elmforge, tree_snapshot
 from tests.export.helpers import make_model, make_model_dir
 
 gguf = pytest.importorskip("gguf")
+
+# The keys config_from_gguf reads, for a 1-block model (head_dim 4, GQA 2).
+GOOD_KEYS = {
+    "openelm.block_count": 1,
+    "openelm.embedding_length": 8,
+    "openelm.attention.head_count": [2],
+    "openelm.attention.head_count_kv": [1],
+    "openelm.feed_forward_length": [16],
+    "openelm.attention.key_length": 4,
+    "openelm.context_length": 64,
+    "openelm.rope.freq_base": 10000.0,
+    "openelm.attention.layer_norm_rms_epsilon": 1e-6,
+}
+
+
+def metadata_gguf(path: Path, embedding_shape: tuple[int, ...] = (16, 8), **changes) -> Path:
+    """An OpenELM GGUF of GOOD_KEYS with ``changes`` (dots written as ``__``) and one tensor."""
+    import numpy as np
+
+    keys = {**GOOD_KEYS, **{name.replace("__", "."): value for name, value in changes.items()}}
+    writer = gguf.GGUFWriter(path, arch="openelm")
+    for key, value in keys.items():
+        if isinstance(value, list):
+            writer.add_array(key, value)
+        elif isinstance(value, str):
+            writer.add_string(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
+        else:
+            writer.add_uint32(key, value)
+    writer.add_tensor("token_embd.weight", np.zeros(embedding_shape, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -40,6 +77,12 @@ def work(tmp_path_factory: pytest.TempPathFactory, sp_model: Path) -> Path:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    # Metadata that used to escape as tracebacks (ZeroDivisionError, ValueError, IndexError).
+    metadata_gguf(root / "zero-heads.gguf", openelm__attention__head_count=[0])
+    metadata_gguf(root / "text-count.gguf", openelm__block_count="three")
+    metadata_gguf(root / "flat-embedding.gguf", embedding_shape=(128,))
+    metadata_gguf(root / "text-bos.gguf", tokenizer__ggml__bos_token_id="<s>")
+    metadata_gguf(root / "many-blocks.gguf", openelm__block_count=10**9)
     assert main(["convert", "gguf-to-hf", str(good), str(root / "from-gguf")]) == 0
     (root / "foreign").mkdir()
     (root / "foreign" / "notes.txt").write_text("mine\n")
@@ -74,6 +117,16 @@ ROWS: list[Row] = [
      ("text.gguf", "not a readable GGUF")),
     ("missing gguf", lambda w: ["convert", "gguf-to-hf", f"{w}/none.gguf", f"{w}/out"],
      ("none.gguf", "no such GGUF file")),
+    ("gguf with zero heads", lambda w: ["convert", "gguf-to-hf", f"{w}/zero-heads.gguf",
+     f"{w}/out"], ("zero-heads.gguf", "openelm.attention.head_count is 0")),
+    ("gguf with a text block count", lambda w: ["convert", "gguf-to-hf",
+     f"{w}/text-count.gguf", f"{w}/out"], ("text-count.gguf", "openelm.block_count is 'three'")),
+    ("gguf with a 1-D embedding", lambda w: ["convert", "gguf-to-hf",
+     f"{w}/flat-embedding.gguf", f"{w}/out"], ("flat-embedding.gguf", "token_embd.weight has 1")),
+    ("gguf with a text bos id", lambda w: ["convert", "gguf-to-hf", f"{w}/text-bos.gguf",
+     f"{w}/out"], ("text-bos.gguf", "tokenizer.ggml.bos_token_id is '<s>'")),
+    ("gguf with 10^9 blocks", lambda w: ["convert", "gguf-to-hf", f"{w}/many-blocks.gguf",
+     f"{w}/out"], ("many-blocks.gguf", "block_count 1000000000")),
     ("gguf-to-hf over its earlier output", lambda w: ["convert", "gguf-to-hf",
      f"{w}/good.gguf", f"{w}/from-gguf"], ("from-gguf", "--force replaces it")),
     ("gguf-to-hf over a foreign directory", lambda w: ["convert", "gguf-to-hf",
@@ -156,15 +209,42 @@ def test_force_replaces_the_same_verb_s_output(work, tmp_path):
     assert not temporaries(tmp_path)
 
 
-def test_missing_llama2_tokenizer_says_how_to_provide_it(tmp_path, monkeypatch, capsys):
-    import elmforge.data.tokenizer
+def test_force_replaces_only_a_gguf_inside_a_run(work, tmp_path):
+    """Files carry no marker: inside a run, --force replaces a GGUF (convert's own kind of file)
+    and nothing else."""
+    run = tmp_path / "run"
+    shutil.copytree(work / "run", run)
+    step = run / "checkpoints" / "step-00000002"
+    out = run / "model.gguf"
+    argv = ["convert", "hf-to-gguf", str(step), str(out), "--type", "f32"]
+    assert main(argv) == 0
+    size = out.stat().st_size
+    assert main([*argv[:-2], "--force"]) == 0  # f16 replaces f32
+    assert out.stat().st_size < size
+    notes = run / "notes.gguf"
+    notes.write_text("the user's notes\n")
+    code = main(["convert", "hf-to-gguf", str(step), str(notes), "--force"])
+    assert code == 2 and notes.read_text() == "the user's notes\n"
 
+
+def test_missing_llama2_tokenizer_is_one_message_everywhere(tmp_path, no_dev_fallback, capsys):
+    """Export and every verb that loads a model say the same thing about a bare 32000-token
+    directory when LLaMA-2's tokenizer cannot be found: the option, the variable, the install."""
     model_dir = tmp_path / "OpenELM-bare"
     make_model("uniform-2-layers", 32000).save_pretrained(model_dir)
-    monkeypatch.setattr(elmforge.data.tokenizer, "default_tokenizer_path", lambda: None)
     before = tree_snapshot(model_dir)
+    messages = set()
     for argv in (["prepare", str(model_dir)],
-                 ["convert", "hf-to-gguf", str(model_dir), str(tmp_path / "m.gguf")]):  # fmt: skip
+                 ["convert", "hf-to-gguf", str(model_dir), str(tmp_path / "m.gguf")],
+                 ["convert", "hf-to-mlx", str(model_dir), str(tmp_path / "mlx")],
+                 ["generate", str(model_dir), "--prompt", "Hi"],
+                 ["evaluate", str(model_dir), "--perplexity", "builtin:python-docs",
+                  "--out", str(tmp_path / "eval")],
+                 ["serve", str(model_dir), "--port", "0"]):  # fmt: skip
         line = assert_clean_error(run_in_process(argv, capsys), "--tokenizer")
-        assert "$ELMFORGE_LLAMA2_TOKENIZER" in line and "llama2-tokenizer.model" in line
+        assert "$ELMFORGE_LLAMA2_TOKENIZER" in line and "elmforge tokenizer install" in line
+        assert "llama2-tokenizer.model" in line
+        messages.add(line.split(": error: ", 1)[1])
+    assert len(messages) == 1, messages
     assert tree_snapshot(model_dir) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["OpenELM-bare"]

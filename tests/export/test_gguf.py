@@ -25,7 +25,9 @@ import numpy as np
 import pytest
 import torch
 
-from elmforge.export.gguf import gguf_to_hf, hf_to_gguf
+from elmforge.errors import ElmforgeError
+from elmforge.export.gguf import hf_to_gguf
+from elmforge.export.gguf_read import gguf_to_hf
 from elmforge.model.convert import load_pretrained
 from tests.export.helpers import SP_VOCAB, logits, make_model_dir
 
@@ -226,7 +228,7 @@ def test_preset_shapes_get_apple_s_config_back(sp_model, tmp_path):
 
 def test_untied_head_is_refused(sp_model, tmp_path):
     model_dir = make_model_dir(tmp_path / "m", sp_model, share_input_output_layers=False)
-    with pytest.raises(Exception, match="untied output head"):
+    with pytest.raises(ElmforgeError, match="untied output head"):
         hf_to_gguf(model_dir, tmp_path / "m.gguf")
     assert not (tmp_path / "m.gguf").exists()
 
@@ -257,7 +259,7 @@ def test_interrupted_write_leaves_nothing(sp_model, tmp_path, monkeypatch):
 
     original = gguf.GGUFWriter.write_tensor_data
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", fail_third)
-    with pytest.raises(Exception, match="disk is full"):
+    with pytest.raises(ElmforgeError, match="disk is full"):
         hf_to_gguf(model_dir, tmp_path / "out.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
@@ -316,3 +318,19 @@ def test_llama2_vocabulary_round_trips_exactly(llama2_gguf, llama2_tokenizer_pat
     expected = [original.encode(t) for t in texts]
     assert [rebuilt.encode(t) for t in texts] == expected
     assert fast(texts, add_special_tokens=False).input_ids == expected
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").is_file(), reason="reads /proc/self/maps")
+def test_reading_a_gguf_releases_its_memory_map(sp_model, tmp_path):
+    """GGUFReader has no close(): the reader's arrays are dropped on the way out, so the file is
+    unmapped even while an error's traceback still holds the reader."""
+    path = hf_to_gguf(make_model_dir(tmp_path / "m", sp_model), tmp_path / "m.gguf")
+
+    def mapped() -> bool:
+        return str(path) in Path("/proc/self/maps").read_text()
+
+    gguf_to_hf(path, tmp_path / "back")
+    assert not mapped()
+    with pytest.raises(ElmforgeError, match="--force replaces it") as caught:
+        gguf_to_hf(path, tmp_path / "back")  # refused while the file is open
+    assert caught.traceback and not mapped()

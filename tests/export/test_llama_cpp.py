@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from elmforge.data.chat import APPLE_CHAT_TEMPLATE, render_chat
-from elmforge.export.gguf import gguf_to_hf, hf_to_gguf
+from elmforge.export.gguf import hf_to_gguf
+from elmforge.export.gguf_read import gguf_to_hf
 from elmforge.model.convert import load_pretrained
 from tests.export.helpers import PROBE_TEXTS, make_model_dir
 

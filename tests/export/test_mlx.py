@@ -58,3 +58,22 @@ def test_4_bit_output_loads_and_generates(sp_model, tmp_path):
     model, tokenizer = mlx_lm.load(str(out))
     text = mlx_lm.generate(model, tokenizer, prompt="The module", max_tokens=8, verbose=False)
     assert isinstance(text, str) and text
+
+
+def test_whatever_mlx_lm_raises_is_one_line_naming_the_model(sp_model, tmp_path, capsys):
+    """A config.json mlx-lm cannot build a model from (it raises TypeError, which used to escape
+    as a traceback): one line naming the directory; nothing written, the input unchanged."""
+    from elmforge.cli.main import main
+    from tests.cli_support import tree_snapshot
+
+    model_dir = make_model_dir(tmp_path / "m", sp_model)
+    config = json.loads((model_dir / "config.json").read_text())
+    del config["head_dim"]  # elmforge's own checks do not read it; mlx-lm's ModelArgs needs it
+    (model_dir / "config.json").write_text(json.dumps(config))
+    before = tree_snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(["convert", "hf-to-mlx", str(model_dir), str(tmp_path / "mlx")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(model_dir) in err and "mlx-lm could not convert it (TypeError" in err
+    assert tree_snapshot(tmp_path) == before

@@ -13,9 +13,15 @@ import torch
 
 from elmforge.cli.main import main
 from elmforge.data.chat import APPLE_CHAT_TEMPLATE, render_chat
-from elmforge.export.prepare import complete_model_dir, completeness, prepare_model_dir
+from elmforge.errors import ElmforgeError
+from elmforge.export.prepare import (
+    complete_model_dir,
+    completeness,
+    current_chat_template,
+    prepare_model_dir,
+)
 from tests.cli_support import run_elmforge, tree_snapshot
-from tests.export.helpers import PROBE_TEXTS, make_model
+from tests.export.helpers import PROBE_TEXTS, make_model, make_model_dir
 
 COMPLETE = {"tokenizer.json": True, "tokenizer_config.json": True, "tokenizer.model": True,
             "generation_config.json": True}  # fmt: skip
@@ -40,12 +46,15 @@ def apple_layout(path: Path, vocab_size: int = 32000, seed: int = 0) -> Path:
 
 @pytest.mark.slow
 def test_prepare_makes_apple_s_layout_work_everywhere_with_no_flags(
-    llama2_tokenizer_path, tmp_path, monkeypatch, capsys
+    llama2_tokenizer_path, tmp_path, monkeypatch, capsys, no_dev_fallback
 ):
     import sentencepiece as spm
     from transformers import AutoTokenizer
 
     model_dir = apple_layout(tmp_path / "OpenELM-270M-Instruct")
+    # As on a user's machine (no ../shared/data fallback), nothing installed: nothing found.
+    assert main(["prepare", str(model_dir)]) == 2
+    assert "elmforge tokenizer install" in capsys.readouterr().err
     cache = tmp_path / "cache"
     (cache / "elmforge").mkdir(parents=True)
     shutil.copyfile(llama2_tokenizer_path, cache / "elmforge" / "llama2-tokenizer.model")
@@ -128,7 +137,7 @@ def test_prepare_out_writes_a_complete_copy_and_leaves_the_source(sp_model, tmp_
     assert tree_snapshot(source) == before
     assert completeness(out) == {**COMPLETE, "chat_template": False}
     assert (out / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
-    with pytest.raises(Exception, match="--force replaces it"):
+    with pytest.raises(ElmforgeError, match="--force replaces it"):
         prepare_model_dir(source, out=out, tokenizer=sp_model)
     assert prepare_model_dir(source, out=out, tokenizer=sp_model, force=True) == out
 
@@ -145,8 +154,12 @@ def test_training_outputs_and_averages_are_complete(sp_model, tmp_path):
         dirs.append(tmp_path / f"step-{seed}")
         save_model_dir(model.config, state, dirs[-1], tokenizer)
         assert completeness(dirs[-1]) == {**COMPLETE, "chat_template": False}
+    # Another verb's marker and stale weights in the last directory are not carried over.
+    (dirs[-1] / ".elmforge-output").write_text('{"verb": "prepare"}\n')
+    (dirs[-1] / "model.gguf").write_bytes(b"GGUF stale")
     averaged = average_checkpoints(dirs, tmp_path / "averaged")
     assert completeness(averaged) == {**COMPLETE, "chat_template": False}
+    assert not (averaged / ".elmforge-output").exists() and not (averaged / "model.gguf").exists()
 
 
 def test_corenet_to_hf_output_is_complete(sp_model, tmp_path):
@@ -160,3 +173,87 @@ def test_corenet_to_hf_output_is_complete(sp_model, tmp_path):
             "--name", tmp_path / "config", "--tokenizer", sp_model]  # fmt: skip
     assert main([str(arg) for arg in argv]) == 0
     assert completeness(tmp_path / "hf") == {**COMPLETE, "chat_template": False}
+
+
+def test_corenet_to_hf_of_an_instruct_model_gets_apple_s_template(sp_model, tmp_path):
+    from elmforge.export.prepare import corenet_to_model_dir
+    from elmforge.model.convert import hf_to_corenet_state_dict
+
+    model = make_model("scaled-3-layers", 384)
+    torch.save(hf_to_corenet_state_dict(model), tmp_path / "ckpt.pt")
+    model.config.save_pretrained(tmp_path / "config")
+    out = corenet_to_model_dir(tmp_path / "ckpt.pt", tmp_path / "tiny-Instruct",
+                               tmp_path / "config", sp_model)  # fmt: skip
+    assert completeness(out) == {**COMPLETE, "chat_template": True}
+    assert (out / "chat_template.jinja").read_text() == APPLE_CHAT_TEMPLATE
+
+
+def test_instruct_is_read_from_the_run_and_name_or_path(sp_model, tmp_path):
+    from elmforge.export.prepare import is_instruct
+
+    run = tmp_path / "OpenELM-sft-Instruct"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    for inside in ("final", "checkpoints/step-00000002/model", "averaged"):
+        assert is_instruct(run / inside), inside
+    assert not is_instruct(tmp_path / "plain" / "final")
+    assert is_instruct(tmp_path / "m", {"_name_or_path": "apple/OpenELM-270M-Instruct"})
+    assert not is_instruct(tmp_path / "m", {"_name_or_path": "apple/OpenELM-270M"})
+
+    # A run's checkpoint model/ is completed with Apple's template, as its name says.
+    from elmforge.data.tokenizer import load_tokenizer
+    from elmforge.train.checkpoint import save_model_dir
+
+    model = make_model("scaled-3-layers", 384)
+    directory = run / "checkpoints" / "step-00000002" / "model"
+    save_model_dir(model.config, model.state_dict(), directory, load_tokenizer(sp_model))
+    assert current_chat_template(directory) == APPLE_CHAT_TEMPLATE
+
+
+def test_new_tokenizer_files_keep_the_directory_s_template(sp_model, bpe_tokenizer_dir, tmp_path):
+    """A template that lives only in tokenizer_config.json (older writers) survives replacing the
+    tokenizer files, in place and in the staging copy hf-to-gguf completes."""
+    from gguf import GGUFReader
+
+    from elmforge.export.gguf import hf_to_gguf
+
+    template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    model_dir = tmp_path / "m"
+    make_model("scaled-3-layers", 384).save_pretrained(model_dir)
+    shutil.copyfile(sp_model, model_dir / "tokenizer.model")
+    (model_dir / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    before = tree_snapshot(model_dir)
+    out = hf_to_gguf(model_dir, tmp_path / "m.gguf")
+    assert tree_snapshot(model_dir) == before
+    assert GGUFReader(out).fields["tokenizer.chat_template"].contents() == template
+    complete_model_dir(model_dir, bpe_tokenizer_dir)
+    assert current_chat_template(model_dir) == template
+    assert (
+        json.loads((model_dir / "tokenizer_config.json").read_text())["chat_template"] == template
+    )
+
+
+def test_an_interrupted_tokenizer_write_keeps_the_old_tokenizer_model(
+    sp_model, bpe_tokenizer_dir, tmp_path, monkeypatch
+):
+    """Replacing a SentencePiece tokenizer by a BPE one removes tokenizer.model (it would mislead
+    llama.cpp), but only once the new files are in: a failed rename leaves it where it was."""
+    import os
+
+    model_dir = make_model_dir(tmp_path / "m", sp_model)
+    before = tree_snapshot(model_dir)
+    real_replace = os.replace
+
+    def full_disk(source, target):
+        if Path(target).parent == model_dir:
+            raise OSError(28, "No space left on device")
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(ElmforgeError, match="disk is full"):
+        complete_model_dir(model_dir, bpe_tokenizer_dir)
+    assert tree_snapshot(model_dir) == before  # tokenizer.model included; no staging left
+    monkeypatch.setattr(os, "replace", real_replace)
+    complete_model_dir(model_dir, bpe_tokenizer_dir)
+    assert not (model_dir / "tokenizer.model").exists()
+    assert completeness(model_dir) == {**COMPLETE, "tokenizer.model": False, "chat_template": False}

@@ -14,7 +14,8 @@ import torch
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.cli.main import main
 from elmforge.data.tokenizer import train_bpe_tokenizer
-from elmforge.infer.generate import SamplingOptions, generate_text, load_model_and_tokenizer
+from elmforge.infer.generate import SamplingOptions, generate_text
+from elmforge.infer.loading import load
 
 CORPUS = [f"def function_{i}(x):\n    return x + {i}\n" for i in range(300)]
 
@@ -30,7 +31,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def test_generate_text_greedy_matches_manual_argmax(model_dir):
-    model, tokenizer = load_model_and_tokenizer(model_dir, device="cpu", dtype="fp32")
+    loaded = load(model_dir, device="cpu", dtype="fp32")
+    model, tokenizer = loaded.model, loaded.tokenizer
     pieces: list[str] = []
     options = SamplingOptions(max_new_tokens=12, greedy=True, ignore_eos=True)
     result = generate_text(model, tokenizer, "def function_", options, on_text=pieces.append)

@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.data.tokenizer import train_bpe_tokenizer
 from elmforge.errors import CheckpointError, ElmforgeError
-from elmforge.infer.loading import load, load_model_and_tokenizer, resolve_dtype
+from elmforge.infer.loading import load, resolve_dtype
 
 CORPUS = [f"value_{i} = compute({i}, {i * 3})\n" for i in range(200)]
 
@@ -38,9 +38,8 @@ def test_openelm_dir_with_a_separate_tokenizer_keeps_its_weights(tmp_path, token
     config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=300)
     model = OpenELMForCausalLM(config)
     model.save_pretrained(tmp_path)
-    loaded, tokenizer = load_model_and_tokenizer(
-        tmp_path, tokenizer=tokenizer_dir, device="cpu", dtype="bf16"
-    )
+    result = load(tmp_path, tokenizer=tokenizer_dir, device="cpu", dtype="bf16")
+    loaded, tokenizer = result.model, result.tokenizer
     assert isinstance(loaded, OpenELMForCausalLM) and not loaded.training
     assert len(tokenizer) == 300
     embedding = loaded.transformer.token_embeddings.weight
@@ -59,20 +58,19 @@ def test_another_architecture_loads_through_the_auto_classes(tmp_path, tokenizer
     )
     LlamaForCausalLM(config).save_pretrained(tmp_path)
     train_bpe_tokenizer(CORPUS, vocab_size=300, out_dir=tmp_path)
-    model, tokenizer = load_model_and_tokenizer(tmp_path, device="cpu")
+    loaded = load(tmp_path, device="cpu")
+    model, tokenizer = loaded.model, loaded.tokenizer
     assert isinstance(model, LlamaForCausalLM) and len(tokenizer) == 300
 
 
 def test_bad_paths_and_offline_hub_names_are_one_line_errors(tmp_path, tokenizer_dir) -> None:
     with pytest.raises(CheckpointError, match="no such model directory"):
-        load_model_and_tokenizer(tmp_path / "missing", tokenizer=tokenizer_dir)
+        load(tmp_path / "missing", tokenizer=tokenizer_dir)
     with pytest.raises(CheckpointError, match="no config.json"):
-        load_model_and_tokenizer(tmp_path, tokenizer=tokenizer_dir)
+        load(tmp_path, tokenizer=tokenizer_dir)
     # Tests run with HF_HUB_OFFLINE=1: a hub name that is not cached cannot load.
     with pytest.raises(CheckpointError, match="elmforge-no-such-org/no-such-model: cannot load"):
-        load_model_and_tokenizer(
-            "elmforge-no-such-org/no-such-model", tokenizer=tokenizer_dir, device="cpu"
-        )
+        load("elmforge-no-such-org/no-such-model", tokenizer=tokenizer_dir, device="cpu")
 
 
 def test_llama2_vocabulary_without_tokenizer_files_gets_llama2(tmp_path, llama2_tokenizer_path):
@@ -97,3 +95,32 @@ def test_a_training_checkpoint_loads_like_its_model_directory(tmp_path, tokenize
     assert loaded.context_length == model.config.max_context_length
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value), key
+
+
+def test_a_model_argument_names_the_same_directory_for_every_verb(tmp_path, tokenizer_dir):
+    """One resolver (elmforge.model.layout): a run directory names its final/ here as in export
+    (generate and evaluate used to refuse it), and a file or an unfinished run is refused with
+    export's message."""
+    from elmforge.export.gguf import hf_to_gguf
+    from elmforge.export.prepare import prepare_model_dir
+
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"not a directory")
+    for path, message in [(run, "no finished model"), (weights, "is a file, not a model dir")]:
+        with pytest.raises(CheckpointError, match=message):
+            load(path, tokenizer=tokenizer_dir, device="cpu")
+        with pytest.raises(CheckpointError, match=message):
+            prepare_model_dir(path)
+        with pytest.raises(CheckpointError, match=message):
+            hf_to_gguf(path, tmp_path / "x.gguf")
+    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=300))
+    model.save_pretrained(run / "final")
+    loaded = load(run, tokenizer=tokenizer_dir, device="cpu")
+    assert loaded.directory == run / "final"
+    assert torch.equal(
+        loaded.model.transformer.token_embeddings.weight,
+        model.transformer.token_embeddings.weight,
+    )
