@@ -223,18 +223,9 @@ def load(
 
 
 def merge_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
-    """``model`` with the PEFT adapter in ``adapter_dir`` merged into its weights."""
-    adapter_dir = Path(adapter_dir)
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise CheckpointError(
-            f"{adapter_dir}: not a PEFT adapter directory (no adapter_config.json)"
-        )
-    from peft import PeftModel
+    """``model`` with the PEFT adapter in ``adapter_dir`` merged into its weights (an adapter made
+    for another model is a one-line error; see ``elmforge.finetune.adapters`` for the tied head)."""
+    from elmforge.finetune.adapters import load_adapter
+    from elmforge.finetune.adapters import merge_adapter as merge
 
-    try:
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    except Exception as err:  # peft raises ValueError, KeyError, RuntimeError (shapes) alike
-        raise CheckpointError(
-            f"{adapter_dir}: cannot apply the adapter ({first_line(err)})"
-        ) from None
-    return peft_model.merge_and_unload().eval()
+    return merge(load_adapter(model, adapter_dir))

@@ -40,6 +40,8 @@ MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 RNG_STATE = "rng.pt"
+# The weights a checkpoint's model/ holds: a whole model, or (fine-tuning with PEFT) an adapter.
+MODEL_WEIGHTS = (WEIGHTS, "adapter_model.safetensors")
 _STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
@@ -84,14 +86,11 @@ def verify_checkpoint(directory: Path) -> None:
         files = manifest["files"]
     except (ValueError, KeyError, TypeError):
         raise CheckpointError(f"{manifest_path}: unreadable manifest") from None
-    for required in (
-        TRAINER_STATE,
-        OPTIMIZER_STATE,
-        RNG_STATE,
-        f"{CHECKPOINT_MODEL}/{WEIGHTS}",
-    ):
+    for required in (TRAINER_STATE, OPTIMIZER_STATE, RNG_STATE):
         if required not in files:
             raise CheckpointError(f"{directory}: manifest lists no {required}")
+    if not any(f"{CHECKPOINT_MODEL}/{weights}" in files for weights in MODEL_WEIGHTS):
+        raise CheckpointError(f"{directory}: manifest lists no {CHECKPOINT_MODEL}/{WEIGHTS}")
     for name, entry in files.items():
         path = directory / name
         if not path.is_file():

@@ -1,0 +1,110 @@
+"""`elmforge finetune sft|dpo MODEL --data DATA --out DIR` and `elmforge merge-adapter`."""
+
+from __future__ import annotations
+
+import argparse
+
+_OVERRIDE = "override:"
+EPILOG = """examples:
+  elmforge finetune sft runs/demo/averaged --data ../shared/data/commonsense/ARC-Easy/train.json \\
+      --prompt-style llm-adapters --peft lora --out runs/sft-lora --schedule.max_steps 200
+  elmforge finetune dpo apple/OpenELM-270M --data prefs.jsonl --out runs/dpo \\
+      --config configs/finetune/dpo-openelm-270m.yaml
+  elmforge merge-adapter runs/demo/averaged runs/sft-lora/adapter --out runs/merged
+Re-running a command with the same --out resumes it from its newest intact checkpoint.
+"""
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from elmforge.finetune.config import documented_keys
+
+    p = subparsers.add_parser(
+        "finetune",
+        help="SFT or DPO of an OpenELM model, full or with LoRA/DoRA (resumes from --out)",
+        description="Fine-tune an OpenELM model directory (Apple's hub layout, a converted "
+        "CoreNet checkpoint, an elmforge run's final/) or hub name. Any config key can be "
+        "overridden as --section.key VALUE.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    objectives = p.add_subparsers(dest="objective", metavar="OBJECTIVE")
+    objectives.required = True
+    keys = documented_keys()
+    for objective, help_text in (
+        ("sft", "supervised fine-tuning (prompt tokens never count in the loss)"),
+        ("dpo", "direct preference optimisation on prompt/chosen/rejected pairs"),
+    ):
+        sub = objectives.add_parser(objective, help=help_text, description=help_text,
+                                    epilog=EPILOG,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+        sub.add_argument("model", metavar="MODEL", help="model directory or hub name")
+        sub.add_argument("--data", required=True, help=".json/.jsonl/.parquet file, a directory "
+                         "of those, or hf:org/name (with --split)")  # fmt: skip
+        sub.add_argument("--split", dest=_OVERRIDE + "data.split", default=argparse.SUPPRESS,
+                         help="split of an hf: dataset (same as --data.split)")  # fmt: skip
+        sub.add_argument("--out", required=True, metavar="DIR", help="run directory")
+        sub.add_argument("--config", metavar="YAML", help="a run config (configs/finetune/)")
+        sub.add_argument("--tokenizer", help="tokenizer file/dir (default: the model's own, "
+                         "LLaMA-2's for Apple's hub layouts)")  # fmt: skip
+        sub.add_argument("--print-config", action="store_true",
+                         help="print the resolved config as YAML and exit")  # fmt: skip
+        if objective == "sft":
+            sub.add_argument("--prompt-style", dest=_OVERRIDE + "data.prompt_style",
+                             choices=("alpaca", "llm-adapters", "chat"), default=argparse.SUPPRESS,
+                             help="same as --data.prompt_style")  # fmt: skip
+        if objective == "dpo":
+            sub.add_argument("--loss", dest=_OVERRIDE + "dpo.loss", choices=("sigmoid", "hinge"),
+                             default=argparse.SUPPRESS, help="same as --dpo.loss")  # fmt: skip
+            sub.add_argument("--beta", dest=_OVERRIDE + "dpo.beta", metavar="BETA",
+                             default=argparse.SUPPRESS, help="same as --dpo.beta")  # fmt: skip
+        group = sub.add_argument_group("config keys (docs/finetune.md)")
+        for key, doc in keys.items():
+            if objective == "sft" and key.startswith("dpo."):
+                continue
+            extra = {"choices": ("none", "lora", "dora")} if key == "peft" else {}
+            group.add_argument(f"--{key}", dest=_OVERRIDE + key, metavar="VALUE",
+                               default=argparse.SUPPRESS, help=doc.replace("%", "%%"),
+                               **extra)  # fmt: skip
+        sub.set_defaults(run=run)
+
+    merge = subparsers.add_parser(
+        "merge-adapter",
+        help="merge a PEFT LoRA/DoRA adapter into its base model (Apple's layout)",
+        description="Load BASE, apply the PEFT adapter in ADAPTER and write the merged model to "
+        "--out in Apple's layout with the tokenizer and Apple's chat template. A tied head "
+        "stays tied unless the adapter changes the embedding (then it is written untied so "
+        "the merged model computes exactly what the adapter did).",
+    )
+    merge.add_argument("base", metavar="BASE", help="the base model directory or hub name")
+    merge.add_argument("adapter", metavar="ADAPTER", help="a PEFT adapter directory")
+    merge.add_argument("--out", required=True, metavar="DIR", help="the merged model directory")
+    merge.add_argument("--tokenizer", help="tokenizer (default: the base model's own)")
+    merge.add_argument("--force", action="store_true", help="replace an earlier merge at --out")
+    merge.set_defaults(run=run_merge)
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    return [f"{dest[len(_OVERRIDE) :]}={value}" for dest, value in vars(args).items()
+            if dest.startswith(_OVERRIDE)]  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from elmforge.finetune.config import FinetuneConfig
+    from elmforge.finetune.trainer import FinetuneJob, finetune
+
+    config = FinetuneConfig.load(args.config, overrides(args))
+    if args.print_config:
+        print(config.to_yaml(), end="")
+        return 0
+    job = FinetuneJob(args.objective, args.model, args.data, args.tokenizer)
+    final = finetune(job, config, args.out)
+    print(f"final model: {final}")
+    return 0
+
+
+def run_merge(args: argparse.Namespace) -> int:
+    from elmforge.finetune.adapters import merge_adapter_dir
+
+    out = merge_adapter_dir(args.base, args.adapter, args.out, args.tokenizer, args.force)
+    print(f"wrote {out}")
+    return 0

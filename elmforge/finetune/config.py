@@ -1,0 +1,264 @@
+"""The fine-tuning run config: typed sections, YAML (``configs/finetune/``) and dotted overrides.
+
+The sections and keys shared with pretraining keep their names and meaning (``optim.lr``,
+``schedule.max_steps``, ``schedule.warmup_steps``, ``train.micro_batch_size``,
+``train.grad_accum``, ``train.precision``, ``seed``); ``optim`` and ``checkpoint`` are
+pretraining's own sections with fine-tuning defaults. Every field's docstring is its ``--help``.
+A config is validated whole before anything runs; an unknown key or a bad value is a one-line
+error naming the dotted key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from elmforge.errors import ConfigError
+from elmforge.finetune.adapters import DEFAULT_TARGETS
+from elmforge.train.config import (
+    CheckpointSection,
+    OptimSection,
+    _build,
+    _read_yaml,
+    apply_overrides,
+    field_docs,
+)
+
+OBJECTIVES = ("sft", "dpo")
+
+
+@dataclass
+class FinetuneData:
+    max_length: int = 1024
+    """Tokens per sequence (bos, prompt and completion); longer rows are cut: the prompt kept
+    from its start, the completion cut at the end."""
+    max_prompt_length: int = 512
+    """Prompt tokens kept (from the start) when a row is cut; must be below max_length."""
+    prompt_style: Literal["alpaca", "llm-adapters", "chat"] = "alpaca"
+    """How instruction/input/output rows become text: ``alpaca`` (clean template),
+    ``llm-adapters`` (LLM-Adapters' training prompt, byte for byte), ``chat`` (Apple's chat
+    template, the instruction as the user turn)."""
+    split: str = "train"
+    """Split of an ``hf:org/name`` dataset."""
+
+
+@dataclass
+class LoraSection:
+    r: int = 32
+    """Adapter rank (CoreNet: 32)."""
+    alpha: float = 32.0
+    """LoRA alpha; the update is scaled by alpha / r (CoreNet: 32)."""
+    dropout: float = 0.1
+    """Dropout on the adapter's input (CoreNet: 0.1)."""
+    targets: str = ",".join(DEFAULT_TARGETS)
+    """Comma-separated layers that get adapters (CoreNet: the token embedding, qkv_proj,
+    out_proj, proj_1, proj_2); a YAML list is accepted too."""
+
+    @property
+    def target_list(self) -> list[str]:
+        return [t.strip() for t in self.targets.split(",") if t.strip()]
+
+
+@dataclass
+class DPOSection:
+    loss: Literal["sigmoid", "hinge"] = "sigmoid"
+    """DPO loss: ``sigmoid`` (-log sigmoid(beta x margin)) or ``hinge`` (max(0, 1 - beta x
+    margin)); Apple used hinge for 270M, 450M and 3B, sigmoid for 1.1B."""
+    beta: float = 0.01
+    """Strength of the pull towards the reference model (Apple: 0.01)."""
+
+
+@dataclass
+class FinetuneSchedule:
+    max_steps: int | Literal["auto"] = "auto"
+    """Optimizer steps in the run. ``auto``: train.epochs passes over the data."""
+    warmup_steps: int | Literal["auto"] = "auto"
+    """Linear warm-up steps from ``warmup_init_lr``. ``auto``: warmup_ratio x max_steps."""
+    warmup_ratio: float = 0.1
+    """Share of the steps spent warming up when warmup_steps is auto (Apple's DPO: 0.1)."""
+    warmup_init_lr: float = 0.0
+    """Learning rate at step 0."""
+    min_lr_ratio: float = 0.0
+    """Learning rate at the last step as a fraction of optim.lr (the cosine's floor)."""
+
+
+@dataclass
+class FinetuneTrain:
+    epochs: int = 1
+    """Passes over the data (sets max_steps when that is auto)."""
+    micro_batch_size: int = 8
+    """Rows per forward/backward pass (DPO: pairs, so twice as many sequences)."""
+    grad_accum: int = 1
+    """Micro-batches accumulated per optimizer step."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """``bf16``: bfloat16 autocast over fp32 weights; ``fp32``; ``auto``: bf16 on GPUs that
+    support it, fp32 on CPU."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train. ``auto``: CUDA if available."""
+    num_threads: int = 0
+    """CPU threads for PyTorch (0: leave PyTorch's default)."""
+
+
+@dataclass
+class FinetuneLog:
+    log_every: int = 10
+    """Write a metrics line (metrics.jsonl, TensorBoard, progress, loss.png) every N steps."""
+    tensorboard: bool = True
+    """Write TensorBoard event files under ``tb/``."""
+    plot: bool = True
+    """Refresh ``loss.png`` at each metrics line."""
+    progress: Literal["auto", "bar", "plain", "none"] = "auto"
+    """``auto``: a tqdm bar in a terminal, plain lines when not a TTY or when ``CI`` is set."""
+
+
+@dataclass
+class FinetuneConfig:
+    """One fine-tuning run; the top-level keys of a configs/finetune YAML file."""
+
+    peft: Literal["none", "lora", "dora"] = "none"
+    """``none``: full fine-tuning; ``lora`` or ``dora``: train a PEFT adapter only."""
+    lora: LoraSection = field(default_factory=LoraSection)
+    """Adapter shape (with peft lora or dora)."""
+    dpo: DPOSection = field(default_factory=DPOSection)
+    """DPO's loss (``finetune dpo`` only)."""
+    data: FinetuneData = field(default_factory=FinetuneData)
+    """Lengths and prompt rendering."""
+    optim: OptimSection = field(
+        default_factory=lambda: OptimSection(lr=2e-5, weight_decay=0.0, beta2=0.999, z_loss=0.0)
+    )
+    """AdamW (weight decay never on norms or biases) and, for SFT, the z-loss weight."""
+    schedule: FinetuneSchedule = field(default_factory=FinetuneSchedule)
+    """Warm-up + cosine learning-rate schedule."""
+    train: FinetuneTrain = field(default_factory=FinetuneTrain)
+    """Epochs, batch, precision, device."""
+    checkpoint: CheckpointSection = field(
+        default_factory=lambda: CheckpointSection(save_every=200, keep_last=2)
+    )
+    """Checkpoint frequency and retention."""
+    log: FinetuneLog = field(default_factory=FinetuneLog)
+    """Metrics and progress."""
+    seed: int = 0
+    """Seed of the data order, adapter initialisation and dropout."""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> FinetuneConfig:
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a mapping at the top level")
+        d = dict(d)
+        lora = d.get("lora")
+        if isinstance(lora, dict) and isinstance(lora.get("targets"), list):
+            d["lora"] = {**lora, "targets": ",".join(map(str, lora["targets"]))}
+        # Sections given in part keep this schema's defaults for the rest (pretraining's
+        # OptimSection defaults are not fine-tuning's).
+        merged = cls().to_dict()
+        for key, value in d.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        config = _build(cls, merged, prefix="", source=source)
+        config.validate(source)
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path | None, overrides: typing.Sequence[str] = ()) -> FinetuneConfig:
+        """A YAML file (or the defaults when ``path`` is None) with ``key=value`` overrides."""
+        raw = _read_yaml(path) if path is not None else {}
+        apply_overrides(raw, overrides)
+        return cls.from_dict(raw, source=str(path) if path is not None else "config")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def validate(self, source: str = "config") -> None:
+        def fail(key: str, message: str) -> None:
+            raise ConfigError(f"{source}: {key}: {message}")
+
+        positive = {
+            "optim.lr": self.optim.lr,
+            "lora.r": self.lora.r,
+            "lora.alpha": self.lora.alpha,
+            "dpo.beta": self.dpo.beta,
+            "train.epochs": self.train.epochs,
+            "train.micro_batch_size": self.train.micro_batch_size,
+            "train.grad_accum": self.train.grad_accum,
+            "checkpoint.save_every": self.checkpoint.save_every,
+            "log.log_every": self.log.log_every,
+            "data.max_length": self.data.max_length,
+            "data.max_prompt_length": self.data.max_prompt_length,
+        }
+        if isinstance(self.schedule.max_steps, int):
+            positive["schedule.max_steps"] = self.schedule.max_steps
+        for key, value in positive.items():
+            if not value > 0:
+                fail(key, f"must be positive, got {value!r}")
+        for key, value in {
+            "optim.weight_decay": self.optim.weight_decay,
+            "optim.grad_clip": self.optim.grad_clip,
+            "optim.z_loss": self.optim.z_loss,
+            "schedule.warmup_init_lr": self.schedule.warmup_init_lr,
+            "schedule.min_lr_ratio": self.schedule.min_lr_ratio,
+            "checkpoint.keep_last": self.checkpoint.keep_last,
+            "train.num_threads": self.train.num_threads,
+            "seed": self.seed,
+        }.items():
+            if not value >= 0:
+                fail(key, f"must be >= 0, got {value!r}")
+        if isinstance(self.schedule.warmup_steps, int) and self.schedule.warmup_steps < 0:
+            fail("schedule.warmup_steps", f"must be >= 0, got {self.schedule.warmup_steps}")
+        for key, value in (
+            ("optim.beta1", self.optim.beta1),
+            ("optim.beta2", self.optim.beta2),
+            ("lora.dropout", self.lora.dropout),
+            ("schedule.warmup_ratio", self.schedule.warmup_ratio),
+        ):
+            if not 0 <= value < 1:
+                fail(key, f"must be in [0, 1), got {value}")
+        if self.schedule.min_lr_ratio > 1:
+            fail("schedule.min_lr_ratio", f"must be <= 1, got {self.schedule.min_lr_ratio}")
+        if self.data.max_prompt_length >= self.data.max_length:
+            fail("data.max_prompt_length", f"{self.data.max_prompt_length} must be below "
+                 f"data.max_length={self.data.max_length}")  # fmt: skip
+        if not self.lora.target_list:
+            fail("lora.targets", "no target modules given")
+
+    # -- derived values ------------------------------------------------------------------------
+    def steps_for(self, rows: int) -> tuple[int, int]:
+        """(max_steps, warmup_steps) for a data set of ``rows`` rows (examples or pairs)."""
+        per_step = self.train.micro_batch_size * self.train.grad_accum
+        max_steps = self.schedule.max_steps
+        if max_steps == "auto":
+            max_steps = max(1, math.ceil(rows / per_step) * self.train.epochs)
+        warmup = self.schedule.warmup_steps
+        if warmup == "auto":
+            warmup = int(self.schedule.warmup_ratio * max_steps)
+        if warmup > max_steps:
+            raise ConfigError(
+                f"schedule.warmup_steps: {warmup} exceeds the run's {max_steps} steps"
+            )
+        return max_steps, warmup
+
+
+def documented_keys() -> dict[str, str]:
+    """Every dotted leaf key of the fine-tuning config with its documentation (``--help``)."""
+    keys: dict[str, str] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        docs, hints = field_docs(cls), typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], f"{prefix}{f.name}.")
+            else:
+                keys[prefix + f.name] = docs.get(f.name, "")
+
+    walk(FinetuneConfig, "")
+    return keys

@@ -1,0 +1,317 @@
+"""Fine-tuning data: read rows, tell their format from the columns, check every row.
+
+Where rows come from (``--data``): a ``.json`` file (an array of objects, as LLM-Adapters ships
+them, or one object per line), a ``.jsonl`` file, a ``.parquet`` file, a directory of those (read
+in name order), or ``hf:org/name`` with ``--split`` (a hub dataset, needs the network or the hub
+cache). Fine-tuning sets are small (LLM-Adapters' CommonSense-170k, UltraFeedback's 60k pairs), so
+rows are read into memory; rows are counted from 1 in messages.
+
+Formats, told from the first row's columns:
+
+- ``chat``: ``messages``, a list of ``{role, content}`` (roles system/user/assistant in the order
+  chat models are trained on); every assistant turn is trained;
+- ``prompt-completion``: ``prompt`` and ``completion``, both strings or both message lists;
+- ``instruction``: ``instruction``, ``output`` and optionally ``input`` (Alpaca, LLM-Adapters),
+  rendered by the prompt style (``alpaca``, ``llm-adapters``, ``chat``);
+- ``preference``: ``chosen`` and ``rejected`` (strings, or message lists as in UltraFeedback),
+  with ``prompt`` (a string or messages) unless the two conversations share their opening turns.
+
+A row that does not fit (a missing column, roles out of order, chosen equal to rejected, an
+empty completion) stops the run with one line naming the file and row.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from elmforge.data.chat import check_messages
+from elmforge.errors import DataError, ElmforgeError
+from elmforge.finetune.prompts import instruction_prompt, instruction_user_message
+
+DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
+# Format -> the columns that identify it (checked in this order) and, for messages, what it is.
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "preference": ("chosen", "rejected"),
+    "chat": ("messages",),
+    "prompt-completion": ("prompt", "completion"),
+    "instruction": ("instruction", "output"),
+}
+SFT_FORMATS = ("chat", "prompt-completion", "instruction")
+EXPECTED_COLUMNS = (
+    "messages | prompt, completion | instruction, [input,] output | [prompt,] chosen, rejected"
+)
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class SFTRow:
+    """One supervised example: a plain-text prompt and completion, or a conversation."""
+
+    where: str
+    prompt: str = ""
+    completion: str = ""
+    messages: tuple[Message, ...] = ()
+    trained_from: int = 0
+    """In a conversation, assistant turns from this index on are trained (earlier ones are
+    context, as in a prompt/completion pair given as message lists)."""
+
+
+@dataclass(frozen=True)
+class PreferenceRow:
+    """One preference pair: a prompt and two completions, as text or as messages."""
+
+    where: str
+    prompt: str | tuple[Message, ...]
+    chosen: str | tuple[Message, ...]
+    rejected: str | tuple[Message, ...]
+
+
+@dataclass(frozen=True)
+class RawRow:
+    where: str
+    values: Mapping[str, Any]
+
+
+# -- reading -----------------------------------------------------------------------------------
+def data_files(path: Path) -> list[Path]:
+    """The data files a path names: itself, or a directory's data files in name order."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
+        if not files:
+            raise DataError(f"{path}: no {', '.join(DATA_SUFFIXES)} files in this directory")
+        return files
+    if not path.is_file():
+        raise DataError(f"{path}: no such data file or directory")
+    if path.suffix not in DATA_SUFFIXES:
+        raise DataError(f"{path}: unsupported data file (use {', '.join(DATA_SUFFIXES)})")
+    return [path]
+
+
+def _json_objects(path: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        try:
+            array = json.loads(text)
+        except ValueError as err:
+            raise DataError(f"{path}: invalid JSON ({err})") from None
+        yield from enumerate(array, start=1)
+        return
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except ValueError as err:
+            raise DataError(f"{path} row {number}: invalid JSON ({err})") from None
+
+
+def _parquet_objects(path: Path) -> Iterator[tuple[int, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(f"{path}: not a readable parquet file ({err})") from None
+    yield from enumerate(rows, start=1)
+
+
+def _hub_rows(name: str, split: str) -> list[RawRow]:
+    try:
+        import datasets
+
+        dataset = datasets.load_dataset(name, split=split)
+    except Exception as err:  # the hub client raises many types (offline, missing, auth)
+        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"hf:{name}: cannot load split {split!r} ({problem})") from None
+    return [RawRow(f"hf:{name}[{split}] row {i}", row) for i, row in enumerate(dataset, start=1)]
+
+
+def read_rows(spec: str | os.PathLike, split: str = "train") -> list[RawRow]:
+    """Every row of ``spec`` (see the module docstring), each with where it came from."""
+    text = str(spec)
+    if text.startswith("hf:"):
+        rows = _hub_rows(text[3:], split)
+        if not rows:
+            raise DataError(f"{text}: split {split!r} has no rows")
+        return rows
+    rows = []
+    for path in data_files(Path(spec).expanduser()):
+        objects = _parquet_objects(path) if path.suffix == ".parquet" else _json_objects(path)
+        found = 0
+        for number, value in objects:
+            if not isinstance(value, Mapping):
+                raise DataError(f"{path} row {number}: expected a JSON object with named columns")
+            rows.append(RawRow(f"{path} row {number}", value))
+            found += 1
+        if not found:
+            raise DataError(f"{path}: no rows (empty file)")
+    return rows
+
+
+# -- formats -----------------------------------------------------------------------------------
+def detect_format(rows: Sequence[RawRow], source: str) -> str:
+    """The format the first row's columns name (see FORMAT_COLUMNS)."""
+    columns = set(rows[0].values)
+    for name, needed in FORMAT_COLUMNS.items():
+        if set(needed) <= columns:
+            return name
+    listed = ", ".join(sorted(columns)) or "none"
+    raise DataError(
+        f"{source}: cannot tell the data format from the columns ({listed}); expected "
+        f"{EXPECTED_COLUMNS}"
+    )
+
+
+def _column(row: RawRow, name: str) -> Any:
+    if name not in row.values or row.values[name] is None:
+        raise DataError(f"{row.where}: no {name!r} column")
+    return row.values[name]
+
+
+def _text(row: RawRow, name: str, *, optional: bool = False) -> str:
+    if optional and row.values.get(name) is None:
+        return ""
+    value = _column(row, name)
+    if not isinstance(value, str):
+        raise DataError(f"{row.where}: {name!r} is a {type(value).__name__}, expected text")
+    return value
+
+
+def _messages(value: Any, where: str) -> tuple[Message, ...]:
+    try:
+        return tuple(check_messages(value if isinstance(value, list) else None, where))
+    except ElmforgeError as err:
+        raise DataError(str(err)) from None
+
+
+def _needs_answer(text: str, row: RawRow, name: str) -> str:
+    if not text.strip():
+        raise DataError(f"{row.where}: {name!r} is empty (nothing to train on)")
+    return text
+
+
+def _chat_row(row: RawRow) -> SFTRow:
+    messages = _messages(_column(row, "messages"), f"{row.where}: messages")
+    if messages[-1]["role"] != "assistant":
+        raise DataError(f"{row.where}: messages: the conversation ends without an assistant turn")
+    return SFTRow(row.where, messages=messages)
+
+
+def _prompt_completion_row(row: RawRow) -> SFTRow:
+    prompt, completion = _column(row, "prompt"), _column(row, "completion")
+    if isinstance(prompt, str) and isinstance(completion, str):
+        return SFTRow(
+            row.where, prompt=prompt, completion=_needs_answer(completion, row, "completion")
+        )
+    if isinstance(prompt, list) and isinstance(completion, list):
+        where = f"{row.where}: prompt + completion"
+        messages = _messages(prompt + completion, where)
+        if not completion or any(m["role"] != "assistant" for m in messages[len(prompt) :]):
+            raise DataError(f"{row.where}: completion: expected assistant messages")
+        return SFTRow(row.where, messages=messages, trained_from=len(prompt))
+    raise DataError(
+        f"{row.where}: prompt and completion must both be text or both be message lists"
+    )
+
+
+def _instruction_row(row: RawRow, prompt_style: str) -> SFTRow:
+    instruction = _text(row, "instruction")
+    extra = _text(row, "input", optional=True)
+    output = _needs_answer(_text(row, "output"), row, "output")
+    if prompt_style == "chat":
+        messages = (
+            {"role": "user", "content": instruction_user_message(instruction, extra)},
+            {"role": "assistant", "content": output},
+        )
+        return SFTRow(row.where, messages=messages)
+    return SFTRow(row.where, prompt=instruction_prompt(prompt_style, instruction, extra),
+                  completion=output)  # fmt: skip
+
+
+def _common_prefix(a: Sequence[Message], b: Sequence[Message]) -> int:
+    count = 0
+    for left, right in zip(a[:-1], b[:-1]):
+        if left != right:
+            break
+        count += 1
+    return count
+
+
+def _preference_row(row: RawRow) -> PreferenceRow:
+    chosen, rejected = _column(row, "chosen"), _column(row, "rejected")
+    prompt = row.values.get("prompt")
+    if isinstance(chosen, str) and isinstance(rejected, str):
+        if not isinstance(prompt, str):
+            raise DataError(f"{row.where}: no 'prompt' text column (chosen and rejected are text)")
+        pair = PreferenceRow(row.where, prompt, _needs_answer(chosen, row, "chosen"),
+                             _needs_answer(rejected, row, "rejected"))  # fmt: skip
+    elif isinstance(chosen, list) and isinstance(rejected, list):
+        chosen_all = _messages(chosen, f"{row.where}: chosen")
+        rejected_all = _messages(rejected, f"{row.where}: rejected")
+        shared = _common_prefix(chosen_all, rejected_all)
+        if shared:  # the conversations carry their prompt (UltraFeedback's layout)
+            prompt_messages = chosen_all[:shared]
+        elif isinstance(prompt, str):
+            prompt_messages = ({"role": "user", "content": prompt},)
+        elif isinstance(prompt, list):
+            prompt_messages = _messages(prompt, f"{row.where}: prompt")
+        else:
+            raise DataError(f"{row.where}: no 'prompt' column and no shared opening turns")
+        completions = []
+        for name, full in (("chosen", chosen_all), ("rejected", rejected_all)):
+            rest = full[shared:]
+            _messages([*prompt_messages, *rest], f"{row.where}: prompt + {name}")
+            if not rest or any(m["role"] != "assistant" for m in rest):
+                raise DataError(
+                    f"{row.where}: {name}: expected assistant messages after the prompt"
+                )
+            completions.append(rest)
+        pair = PreferenceRow(row.where, prompt_messages, completions[0], completions[1])
+    else:
+        raise DataError(f"{row.where}: chosen and rejected must both be text or both message lists")
+    if pair.chosen == pair.rejected:
+        raise DataError(f"{row.where}: chosen equals rejected (no preference to learn)")
+    return pair
+
+
+def load_sft_rows(
+    spec: str | os.PathLike, split: str = "train", prompt_style: str = "alpaca"
+) -> tuple[list[SFTRow], str]:
+    """Supervised rows of ``spec`` and their format; preference data is refused by name."""
+    rows = read_rows(spec, split)
+    kind = detect_format(rows, str(spec))
+    if kind not in SFT_FORMATS:
+        raise DataError(
+            f"{spec}: {kind} rows (chosen/rejected) are for `elmforge finetune dpo`; SFT needs "
+            "messages | prompt, completion | instruction, [input,] output"
+        )
+    if kind == "chat":
+        return [_chat_row(row) for row in rows], kind
+    if kind == "prompt-completion":
+        return [_prompt_completion_row(row) for row in rows], kind
+    return [_instruction_row(row, prompt_style) for row in rows], kind
+
+
+def load_preference_rows(spec: str | os.PathLike, split: str = "train") -> list[PreferenceRow]:
+    """Preference pairs of ``spec``; other formats are refused naming the columns DPO needs."""
+    rows = read_rows(spec, split)
+    kind = detect_format(rows, str(spec))
+    if kind != "preference":
+        columns = ", ".join(sorted(rows[0].values))
+        raise DataError(
+            f"{spec}: DPO needs preference rows with [prompt,] chosen, rejected columns; "
+            f"these rows have {columns}"
+        )
+    return [_preference_row(row) for row in rows]

@@ -1,0 +1,97 @@
+"""Fine-tuning runs end to end (library calls on a micro model): SFT learns a tiny set, DPO
+raises the preference margin on held-aside pairs, and the run directory holds what it should."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from elmforge.data.chat import render_chat
+from elmforge.finetune.config import FinetuneConfig
+from elmforge.finetune.data import PreferenceRow
+from elmforge.finetune.losses import preference_margin
+from elmforge.finetune.tokenize import encode_preferences, pad_id_of
+from elmforge.finetune.trainer import FinetuneJob, finetune
+from tests.finetune.conftest import COLOURS, THINGS, instruction_rows, write_json, write_jsonl
+
+QUICK = ["log.progress=plain", "log.log_every=2", "checkpoint.save_every=100",
+         "schedule.warmup_ratio=0.0", "train.num_threads=1"]  # fmt: skip
+
+
+def style_pairs(things: list[str]) -> list[dict[str, str]]:
+    """Chosen: a plain sentence; rejected: the same sentence with a rude tail (a pattern DPO can
+    learn and that carries over to things it never saw)."""
+    return [
+        {
+            "prompt": f"Describe the {thing}.",
+            "chosen": f" The {thing} is {colour}.",
+            "rejected": f" The {thing} is {colour}. Go away!",
+        }
+        for thing, colour in zip(things, COLOURS[: len(things)] if len(things) <= 8 else COLOURS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def sft_run(tmp_path_factory, base_model_dir) -> Path:
+    root = tmp_path_factory.mktemp("sft")
+    data = write_json(root / "facts.json", instruction_rows())
+    config = FinetuneConfig.load(None, [*QUICK, "optim.lr=3e-3", "schedule.max_steps=24",
+                                        "train.micro_batch_size=4"])  # fmt: skip
+    finetune(FinetuneJob("sft", str(base_model_dir), str(data)), config, root / "run")
+    return root / "run"
+
+
+def test_sft_learns_a_tiny_set(sft_run: Path) -> None:
+    records = [json.loads(line) for line in (sft_run / "metrics.jsonl").read_text().splitlines()]
+    first, last = records[0]["loss"], records[-1]["loss"]
+    assert last < 0.35 * first, (first, last)
+    assert {"step", "loss", "lr", "grad_norm", "tokens_per_s", "eta_s"} <= set(records[-1])
+
+
+def test_run_directory_and_final_model(sft_run: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import elmforge  # noqa: F401  (registers OpenELM)
+
+    assert (sft_run / "loss.png").stat().st_size > 0 and any((sft_run / "tb").iterdir())
+    assert (sft_run / "checkpoints" / "step-00000024" / "manifest.json").is_file()
+    final = sft_run / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["model_type"] == "openelm" and config["share_input_output_layers"] is True
+    model = AutoModelForCausalLM.from_pretrained(final)
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    conversation = [
+        {"role": "user", "content": "Hi  there"},
+        {"role": "assistant", "content": "Yo"},
+    ]
+    assert tokenizer.apply_chat_template(conversation, tokenize=False) == render_chat(conversation)
+    assert model.config.vocab_size >= len(tokenizer)
+    assert not (sft_run / "adapter").exists()
+
+
+@pytest.mark.slow
+def test_dpo_raises_the_margin_on_held_aside_pairs(tmp_path: Path, base_model_dir: Path) -> None:
+    from elmforge.data.tokenizer import load_tokenizer
+    from elmforge.model.convert import load_pretrained
+
+    train = write_jsonl(tmp_path / "pairs.jsonl", style_pairs(THINGS[:6]))
+    held = [PreferenceRow("h", r["prompt"], r["chosen"], r["rejected"])
+            for r in style_pairs(["lake", "rose", "crow", "lime"])]  # fmt: skip
+    tokenizer = load_tokenizer(base_model_dir)
+    pairs, _ = encode_preferences(held, tokenizer, 128, 64)
+    before = preference_margin(load_pretrained(base_model_dir), pairs, pad_id_of(tokenizer))
+    config = FinetuneConfig.load(None, [*QUICK, "peft=lora", "lora.dropout=0.0", "optim.lr=5e-3",
+                                        "schedule.max_steps=12", "train.micro_batch_size=6",
+                                        "dpo.beta=0.5", "dpo.loss=sigmoid"])  # fmt: skip
+    final = finetune(FinetuneJob("dpo", str(base_model_dir), str(train)), config, tmp_path / "run")
+    after = preference_margin(load_pretrained(final), pairs, pad_id_of(tokenizer))
+    assert after > before + 5.0, (before, after)
+    records = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert records[-1]["rewards/margins"] > 0 and records[-1]["rewards/accuracies"] == 1.0
+    assert {"rewards/chosen", "rewards/rejected"} <= set(records[-1])
+    assert torch.isfinite(torch.tensor(records[-1]["loss"]))
