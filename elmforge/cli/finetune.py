@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-_OVERRIDE = "override:"
+from elmforge.config import add_config_flags, overrides_of
+from elmforge.finetune.config import FinetuneConfig
+
+_ALIAS = "alias:"
 EPILOG = """examples:
   elmforge finetune sft runs/demo/averaged --data ../shared/data/commonsense/ARC-Easy/train.json \\
       --prompt-style llm-adapters --peft lora --out runs/sft-lora --schedule.max_steps 200
@@ -16,8 +19,6 @@ Re-running a command with the same --out resumes it from its newest intact check
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from elmforge.finetune.config import documented_keys
-
     p = subparsers.add_parser(
         "finetune",
         help="SFT or DPO of an OpenELM model, full or with LoRA/DoRA (resumes from --out)",
@@ -29,7 +30,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     objectives = p.add_subparsers(dest="objective", metavar="OBJECTIVE")
     objectives.required = True
-    keys = documented_keys()
     for objective, help_text in (
         ("sft", "supervised fine-tuning (prompt tokens never count in the loss)"),
         ("dpo", "direct preference optimisation on prompt/chosen/rejected pairs"),
@@ -40,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("model", metavar="MODEL", help="model directory or hub name")
         sub.add_argument("--data", required=True, help=".json/.jsonl/.parquet file, a directory "
                          "of those, or hf:org/name (with --split)")  # fmt: skip
-        sub.add_argument("--split", dest=_OVERRIDE + "data.split", default=argparse.SUPPRESS,
+        sub.add_argument("--split", dest=_ALIAS + "data.split", default=argparse.SUPPRESS,
                          help="split of an hf: dataset (same as --data.split)")  # fmt: skip
         sub.add_argument("--out", required=True, metavar="DIR", help="run directory")
         sub.add_argument("--config", metavar="YAML", help="a run config (configs/finetune/)")
@@ -49,22 +49,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config as YAML and exit")  # fmt: skip
         if objective == "sft":
-            sub.add_argument("--prompt-style", dest=_OVERRIDE + "data.prompt_style",
+            sub.add_argument("--prompt-style", dest=_ALIAS + "data.prompt_style",
                              choices=("alpaca", "llm-adapters", "chat"), default=argparse.SUPPRESS,
                              help="same as --data.prompt_style")  # fmt: skip
         if objective == "dpo":
-            sub.add_argument("--loss", dest=_OVERRIDE + "dpo.loss", choices=("sigmoid", "hinge"),
+            sub.add_argument("--loss", dest=_ALIAS + "dpo.loss", choices=("sigmoid", "hinge"),
                              default=argparse.SUPPRESS, help="same as --dpo.loss")  # fmt: skip
-            sub.add_argument("--beta", dest=_OVERRIDE + "dpo.beta", metavar="BETA",
+            sub.add_argument("--beta", dest=_ALIAS + "dpo.beta", metavar="BETA",
                              default=argparse.SUPPRESS, help="same as --dpo.beta")  # fmt: skip
-        group = sub.add_argument_group("config keys (docs/finetune.md)")
-        for key, doc in keys.items():
-            if objective == "sft" and key.startswith("dpo."):
-                continue
-            extra = {"choices": ("none", "lora", "dora")} if key == "peft" else {}
-            group.add_argument(f"--{key}", dest=_OVERRIDE + key, metavar="VALUE",
-                               default=argparse.SUPPRESS, help=doc.replace("%", "%%"),
-                               **extra)  # fmt: skip
+        skip = ("dpo.loss", "dpo.beta") if objective == "sft" else ()
+        add_config_flags(sub, FinetuneConfig, "config keys (docs/finetune.md)", skip=skip)
         sub.set_defaults(run=run)
 
     merge = subparsers.add_parser(
@@ -84,12 +78,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
-    return [f"{dest[len(_OVERRIDE) :]}={value}" for dest, value in vars(args).items()
-            if dest.startswith(_OVERRIDE)]  # fmt: skip
+    """The generated --section.key flags' overrides, then the short aliases' (--loss, --split)."""
+    aliases = [f"{dest[len(_ALIAS) :]}={value}" for dest, value in vars(args).items()
+               if dest.startswith(_ALIAS)]  # fmt: skip
+    return [*overrides_of(args), *aliases]
 
 
 def run(args: argparse.Namespace) -> int:
-    from elmforge.finetune.config import FinetuneConfig
     from elmforge.finetune.trainer import FinetuneJob, finetune
 
     config = FinetuneConfig.load(args.config, overrides(args))

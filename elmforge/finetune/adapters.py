@@ -31,7 +31,6 @@ from torch import nn
 
 from elmforge.errors import CheckpointError, ConfigError, first_line
 
-DEFAULT_TARGETS = ("token_embeddings", "qkv_proj", "out_proj", "proj_1", "proj_2")
 PEFT_METHODS = ("none", "lora", "dora")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

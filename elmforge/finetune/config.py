@@ -1,35 +1,28 @@
 """The fine-tuning run config: typed sections, YAML (``configs/finetune/``) and dotted overrides.
 
-The sections and keys shared with pretraining keep their names and meaning (``optim.lr``,
-``schedule.max_steps``, ``schedule.warmup_steps``, ``train.micro_batch_size``,
-``train.grad_accum``, ``train.precision``, ``seed``); ``optim`` and ``checkpoint`` are
-pretraining's own sections with fine-tuning defaults. Every field's docstring is its ``--help``.
-A config is validated whole before anything runs; an unknown key or a bad value is a one-line
-error naming the dotted key.
+Built with the config kit (:mod:`elmforge.config`), like pretraining's: the sections and keys
+shared with pretraining keep their names and meaning (``optim.lr``, ``schedule.max_steps``,
+``schedule.warmup_steps``, ``train.micro_batch_size``, ``train.grad_accum``, ``train.precision``,
+``seed``); ``optim`` and ``checkpoint`` are pretraining's own sections with fine-tuning defaults.
+Every field's docstring is its ``--help``. Light on purpose (no torch): the CLI builds its flags
+from this schema.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from elmforge import config as kit
 from elmforge.errors import ConfigError
-from elmforge.finetune.adapters import DEFAULT_TARGETS
-from elmforge.train.config import (
-    CheckpointSection,
-    OptimSection,
-    _build,
-    _read_yaml,
-    apply_overrides,
-    field_docs,
-)
+from elmforge.train.config import CheckpointSection, OptimSection
 
+# CoreNet's LoRA/DoRA targets (projects/openelm/peft_configs): the token embedding and the four
+# projections of every layer.
+DEFAULT_TARGETS = ("token_embeddings", "qkv_proj", "out_proj", "proj_1", "proj_2")
 OBJECTIVES = ("sft", "dpo")
 
 
@@ -56,13 +49,9 @@ class LoraSection:
     """LoRA alpha; the update is scaled by alpha / r (CoreNet: 32)."""
     dropout: float = 0.1
     """Dropout on the adapter's input (CoreNet: 0.1)."""
-    targets: str = ",".join(DEFAULT_TARGETS)
-    """Comma-separated layers that get adapters (CoreNet: the token embedding, qkv_proj,
-    out_proj, proj_1, proj_2); a YAML list is accepted too."""
-
-    @property
-    def target_list(self) -> list[str]:
-        return [t.strip() for t in self.targets.split(",") if t.strip()]
+    targets: list[str] = field(default_factory=lambda: list(DEFAULT_TARGETS))
+    """Layers that get adapters (CoreNet: token_embeddings, qkv_proj, out_proj, proj_1,
+    proj_2); on the command line a comma-separated list."""
 
 
 @dataclass
@@ -106,6 +95,23 @@ class FinetuneTrain:
 
 
 @dataclass
+class FinetuneOptim(OptimSection):
+    """Pretraining's optimiser section with fine-tuning's defaults (TRL's AdamW: no weight
+    decay, beta2 0.999; no z-loss)."""
+
+    lr: float = 2e-5
+    weight_decay: float = 0.0
+    beta2: float = 0.999
+    z_loss: float = 0.0
+
+
+@dataclass
+class FinetuneCheckpoint(CheckpointSection):
+    save_every: int = 200
+    keep_last: int = 2
+
+
+@dataclass
 class FinetuneLog:
     log_every: int = 10
     """Write a metrics line (metrics.jsonl, TensorBoard, progress, loss.png) every N steps."""
@@ -129,59 +135,49 @@ class FinetuneConfig:
     """DPO's loss (``finetune dpo`` only)."""
     data: FinetuneData = field(default_factory=FinetuneData)
     """Lengths and prompt rendering."""
-    optim: OptimSection = field(
-        default_factory=lambda: OptimSection(lr=2e-5, weight_decay=0.0, beta2=0.999, z_loss=0.0)
-    )
+    optim: FinetuneOptim = field(default_factory=FinetuneOptim)
     """AdamW (weight decay never on norms or biases) and, for SFT, the z-loss weight."""
     schedule: FinetuneSchedule = field(default_factory=FinetuneSchedule)
     """Warm-up + cosine learning-rate schedule."""
     train: FinetuneTrain = field(default_factory=FinetuneTrain)
     """Epochs, batch, precision, device."""
-    checkpoint: CheckpointSection = field(
-        default_factory=lambda: CheckpointSection(save_every=200, keep_last=2)
-    )
+    checkpoint: FinetuneCheckpoint = field(default_factory=FinetuneCheckpoint)
     """Checkpoint frequency and retention."""
     log: FinetuneLog = field(default_factory=FinetuneLog)
     """Metrics and progress."""
     seed: int = 0
     """Seed of the data order, adapter initialisation and dropout."""
 
+    @staticmethod
+    def _targets_from_text(raw: dict[str, Any]) -> dict[str, Any]:
+        lora = raw.get("lora")
+        if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
+            targets = [t.strip() for t in lora["targets"].split(",") if t.strip()]
+            return {**raw, "lora": {**lora, "targets": targets}}
+        return raw
+
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> FinetuneConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level")
-        d = dict(d)
-        lora = d.get("lora")
-        if isinstance(lora, dict) and isinstance(lora.get("targets"), list):
-            d["lora"] = {**lora, "targets": ",".join(map(str, lora["targets"]))}
-        # Sections given in part keep this schema's defaults for the rest (pretraining's
-        # OptimSection defaults are not fine-tuning's).
-        merged = cls().to_dict()
-        for key, value in d.items():
-            if isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = value
-        config = _build(cls, merged, prefix="", source=source)
-        config.validate(source)
-        return config
+        return kit.build(cls, cls._targets_from_text(d), source=source)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: typing.Sequence[str] = ()) -> FinetuneConfig:
         """A YAML file (or the defaults when ``path`` is None) with ``key=value`` overrides."""
-        raw = _read_yaml(path) if path is not None else {}
-        apply_overrides(raw, overrides)
-        return cls.from_dict(raw, source=str(path) if path is not None else "config")
+        return kit.load(cls, path, overrides, prepare=cls._targets_from_text)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return kit.to_dict(self)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        return kit.to_yaml(self)
 
-    def validate(self, source: str = "config") -> None:
+    def validate(self, where: str = "") -> None:
+        """Rules across fields (the kit has checked each field's type)."""
+
         def fail(key: str, message: str) -> None:
-            raise ConfigError(f"{source}: {key}: {message}")
+            raise ConfigError(f"{key}: {message}")
 
         positive = {
             "optim.lr": self.optim.lr,
@@ -228,7 +224,7 @@ class FinetuneConfig:
         if self.data.max_prompt_length >= self.data.max_length:
             fail("data.max_prompt_length", f"{self.data.max_prompt_length} must be below "
                  f"data.max_length={self.data.max_length}")  # fmt: skip
-        if not self.lora.target_list:
+        if not self.lora.targets:
             fail("lora.targets", "no target modules given")
 
     # -- derived values ------------------------------------------------------------------------
@@ -250,15 +246,4 @@ class FinetuneConfig:
 
 def documented_keys() -> dict[str, str]:
     """Every dotted leaf key of the fine-tuning config with its documentation (``--help``)."""
-    keys: dict[str, str] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        docs, hints = field_docs(cls), typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if dataclasses.is_dataclass(hints[f.name]):
-                walk(hints[f.name], f"{prefix}{f.name}.")
-            else:
-                keys[prefix + f.name] = docs.get(f.name, "")
-
-    walk(FinetuneConfig, "")
-    return keys
+    return kit.documented_keys(FinetuneConfig)

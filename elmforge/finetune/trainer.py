@@ -212,7 +212,7 @@ class _Run:
         if config.peft != "none":
             lora = config.lora
             spec = adapters.lora_config(config.peft, lora.r, lora.alpha, lora.dropout,
-                                        lora.target_list)  # fmt: skip
+                                        lora.targets)  # fmt: skip
             model = adapters.add_adapter(model, spec)
         self.model = model.train()
         self.params = list(adapters.trainable_parameters(model).values())
