@@ -45,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     to_corenet.add_argument("out_path", metavar="OUT.pt")
     to_corenet.set_defaults(run=run_hf_to_corenet)
     add_export_parsers(sub)
+    add_corenet_peft_parser(sub)
 
 
 def add_export_parsers(sub: argparse._SubParsersAction) -> None:
@@ -160,4 +161,56 @@ def run_hf_to_corenet(args: argparse.Namespace) -> int:
     from elmforge.model.layout import resolve_model_dir
 
     print(f"wrote {hf_to_corenet(resolve_model_dir(args.model_dir), args.out_path)}")
+    return 0
+
+
+# -- corenet-peft-to-hf: Apple's LoRA/DoRA checkpoints (elmforge.finetune.corenet_peft) ----------
+def add_corenet_peft_parser(sub: argparse._SubParsersAction) -> None:
+    peft = sub.add_parser(
+        "corenet-peft-to-hf",
+        help="Apple's CoreNet LoRA/DoRA .pt -> a PEFT adapter directory (--merge: a merged model)",
+        description="Read one of Apple's released OpenELM LoRA/DoRA checkpoints (CoreNet .pt: "
+        "base weights named ...base_layer.weight, adapter tensors beside them) safely "
+        "(weights_only) and write OUT_DIR as a PEFT adapter directory. With --merge, OUT_DIR is "
+        "the merged model in Apple's HF layout (tokenizer and chat template included) and the "
+        "adapter goes to OUT_DIR/adapter.",
+    )
+    peft.add_argument("checkpoint", metavar="IN.pt")
+    peft.add_argument("out_dir", metavar="OUT_DIR")
+    peft.add_argument(
+        "--name",
+        required=True,
+        metavar="NAME_OR_CONFIG",
+        help="preset (e.g. OpenELM-270M) or a model dir / config.json describing the base shape",
+    )
+    peft.add_argument("--merge", action="store_true", help="write the merged model as well")
+    peft.add_argument(
+        "--tokenizer",
+        metavar="PATH",
+        help="tokenizer for the merged model (default: LLaMA-2's tokenizer.model when found)",
+    )
+    peft.add_argument(
+        "--lora-alpha", type=float, default=32.0, help="LoRA alpha (not stored in the .pt; 32)"
+    )
+    peft.add_argument("--force", action="store_true", help="replace an earlier conversion")
+    peft.set_defaults(run=run_corenet_peft_to_hf)
+
+
+def run_corenet_peft_to_hf(args: argparse.Namespace) -> int:
+    from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
+    from elmforge.finetune.corenet_peft import convert_corenet_peft
+
+    tokenizer = args.tokenizer or default_tokenizer_path()
+    base_name = args.name if "/" in args.name or Path(args.name).exists() else f"apple/{args.name}"
+    out = convert_corenet_peft(
+        args.checkpoint,
+        args.out_dir,
+        resolve_config(args.name),
+        base_name=base_name,
+        merge=args.merge,
+        tokenizer=load_tokenizer(tokenizer) if args.merge and tokenizer else None,
+        alpha=args.lora_alpha,
+        force=args.force,
+    )
+    print(f"wrote {out}")
     return 0

@@ -143,10 +143,13 @@ def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, trainable: bo
         key: tuple(value.shape) for key, value in get_peft_model_state_dict(peft_model).items()
     }
     for key in sorted(set(stored) ^ set(expected)):
-        where = "the adapter has" if key in stored else "the model expects"
+        detail = (
+            f"it has {key}, which the model lacks"
+            if key in stored
+            else f"the model expects {key}, which it lacks"
+        )
         raise CheckpointError(
-            f"{adapter_dir}: the adapter was made for another model: {where} {key}, "
-            "which the other side lacks"
+            f"{adapter_dir}: the adapter does not fit this model (made for another one: {detail})"
         )
     return peft_model
 

@@ -31,8 +31,14 @@ def corenet_vocab_rows(vocab_size: int) -> int:
     return (vocab_size + 1 + 127) // 128 * 128
 
 
-def load_corenet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Tensors of a CoreNet ``.pt`` checkpoint, unwrapped, with CoreNet's (unprefixed) names."""
+def load_corenet_state_dict(
+    path: str | os.PathLike, embedding_key: str = _EMBEDDING_KEY
+) -> dict[str, torch.Tensor]:
+    """Tensors of a CoreNet ``.pt`` checkpoint, unwrapped, with CoreNet's (unprefixed) names.
+
+    ``embedding_key`` is the tensor every OpenELM checkpoint has (a PEFT checkpoint renames it
+    ``token_embeddings.base_layer.weight``).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file")
@@ -54,8 +60,8 @@ def load_corenet_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         for prefix in ("module.", "transformer."):  # DDP wrappers, or an HF-named dict
             key = key.removeprefix(prefix)
         state[key] = value
-    if _EMBEDDING_KEY not in state:
-        raise CheckpointError(f"{path}: no '{_EMBEDDING_KEY}': not an OpenELM checkpoint")
+    if embedding_key not in state:
+        raise CheckpointError(f"{path}: no '{embedding_key}': not an OpenELM checkpoint")
     return state
 
 
