@@ -49,7 +49,7 @@ def inputs(tmp_path_factory, base_model_dir, bpe_tokenizer) -> dict[str, Path]:
         "columns": write_jsonl(root / "columns.jsonl", [{"question": "q", "answer": "a"}]),
         "order": write_jsonl(
             root / "order.jsonl", [{"messages": [USER, ASSISTANT]}, {"messages": [ASSISTANT, USER]}]
-        ),  # fmt: skip
+        ),
         "same": write_jsonl(
             root / "same.jsonl", [{"prompt": "p", "chosen": " a", "rejected": " a"}]
         ),
