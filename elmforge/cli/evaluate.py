@@ -13,8 +13,13 @@ EPILOG = """examples:
   elmforge evaluate apple/OpenELM-270M --tokenizer llama2-tokenizer.model --suite openllm
   elmforge evaluate MODEL --tasks arc_easy,piqa --data-dir ../shared/data/eval --out runs/eval/x
   elmforge evaluate MODEL --perplexity builtin:python-docs --split validation
+  elmforge evaluate MODEL --adapter runs/sft-lora/adapter --suite llm-adapters \
+      --data-dir ../shared/data/commonsense --limit 200
   elmforge evaluate --compare runs/eval/a/results.json runs/eval/b/results.json
 """
+
+
+LLM_ADAPTERS = "llm-adapters"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -33,7 +38,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_model_flags(p, model_required=False)
     what = p.add_mutually_exclusive_group()
-    what.add_argument("--suite", choices=list(SUITES), help="the paper's task suite")
+    what.add_argument(
+        "--suite",
+        choices=[*SUITES, LLM_ADAPTERS],
+        help="the paper's task suite, or llm-adapters (LLM-Adapters' CommonSense test sets as "
+        "Apple scored its LoRA/DoRA models; needs --data-dir DIR/<task>/test.json)",
+    )
     what.add_argument("--tasks", help="comma-separated lm-eval task or group names")
     p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task")
     p.add_argument(
@@ -80,10 +90,12 @@ def run(args: argparse.Namespace) -> int:
         raise ElmforgeError("give a MODEL directory or hub name (or --compare A B)")
     if not (args.suite or args.tasks or args.perplexity):
         raise ElmforgeError("nothing to evaluate: give --suite, --tasks or --perplexity")
+    if args.suite == LLM_ADAPTERS:
+        return run_llm_adapters(args)
     from elmforge.evaluate.harness import EvalRequest, load_and_evaluate
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    out = Path(args.out) if args.out else Path("runs/evaluate") / Path(args.model).name
+    out = _output_dir(args)
     request = EvalRequest(
         tasks=tasks,
         suite=args.suite,
@@ -101,6 +113,33 @@ def run(args: argparse.Namespace) -> int:
         out_dir=out,
     )
     load_and_evaluate(args.model, request, **load_options(args))
+    print((out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {out / 'results.json'}")
+    return 0
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    return Path(args.out) if args.out else Path("runs/evaluate") / Path(args.model).name
+
+
+def run_llm_adapters(args: argparse.Namespace) -> int:
+    """``--suite llm-adapters``: elmforge.evaluate.llm_adapters on the loaded model (+ adapter)."""
+    from elmforge.cli.options import load_model_from_args
+    from elmforge.evaluate.harness import model_label
+    from elmforge.evaluate.llm_adapters import available_tasks, evaluate_llm_adapters
+
+    if not args.data_dir:
+        raise ElmforgeError(
+            "--suite llm-adapters needs --data-dir DIR holding <task>/test.json (LLM-Adapters' "
+            "layout; ../shared/data/commonsense in a checkout)"
+        )
+    tasks = available_tasks(args.data_dir)  # before the slow model load
+    loaded = load_model_from_args(args)
+    out = _output_dir(args)
+    evaluate_llm_adapters(loaded.model, loaded.tokenizer, args.data_dir, tasks=tasks,
+                          limit=args.limit, batch_size=args.batch_size, out_dir=out,
+                          model_name=model_label(loaded),
+                          tokenizer_name=loaded.tokenizer_source)  # fmt: skip
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'results.json'}")
     return 0

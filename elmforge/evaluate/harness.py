@@ -152,6 +152,11 @@ def evaluate_model(
     return report
 
 
+def model_label(loaded: Any) -> str:
+    """A loaded model's name for reports, naming the adapter merged into it if there is one."""
+    return loaded.name if loaded.adapter is None else f"{loaded.name} + adapter {loaded.adapter}"
+
+
 def load_and_evaluate(
     path_or_name: str | os.PathLike,
     request: EvalRequest,
@@ -172,6 +177,6 @@ def load_and_evaluate(
         loaded.model,
         loaded.tokenizer,
         request,
-        model_name=loaded.name,
+        model_name=model_label(loaded),
         tokenizer_name=loaded.tokenizer_source,
     )
