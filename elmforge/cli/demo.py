@@ -3,11 +3,16 @@
 Trains a BPE tokenizer on the built-in corpus, pretrains a tiny layer-wise-scaled OpenELM,
 averages its last checkpoints, reports validation perplexity of the final and the averaged
 model, and generates a continuation. Re-running with the same ``--out`` resumes.
+
+``--finetune`` runs the fine-tuning demo on that model instead (elmforge.finetune.demo): SFT
+with LoRA on LLM-Adapters' CommonSense rows, then DPO, with the llm-adapters accuracy and the
+preference margin before and after.
 """
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from elmforge.config import add_config_flags, overrides_of
 from elmforge.demo import DEMO_CONFIG, PROMPT
@@ -21,7 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--out", default="runs/demo", help="run directory (runs/demo)")
+    p.add_argument(
+        "--out", help="output directory (runs/demo; runs/demo-finetune with --finetune)"
+    )
     p.add_argument(
         "--config",
         default=DEMO_CONFIG,
@@ -31,16 +38,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--average-last", type=int, default=3, help="checkpoints to average (3)")
     p.add_argument("--eval-documents", type=int, default=200, help="validation documents (200)")
     p.add_argument("--prompt", default=PROMPT, help="text to continue at the end")
+    tune = p.add_argument_group("fine-tuning demo (--finetune)")
+    tune.add_argument("--finetune", action="store_true", help="run the fine-tuning demo")
+    tune.add_argument("--model", help="model to tune (default: runs/demo/averaged)")
+    tune.add_argument(
+        "--data-dir",
+        help="LLM-Adapters CommonSense directory (<task>/train.json, test.json); default: "
+        "../shared/data/commonsense when present, else a set built from the pydoc topics",
+    )
     # Every run-config key is a flag, as for `elmforge pretrain`.
     add_config_flags(p, RunConfig, "run config overrides (see docs/pretrain.md)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.finetune:
+        from elmforge.finetune.demo import DemoSettings
+        from elmforge.finetune.demo import run_demo as run_finetune_demo
+
+        settings = DemoSettings(Path(args.out or "runs/demo-finetune"), args.model, args.data_dir)
+        run_finetune_demo(settings)
+        return 0
     from elmforge.demo import run_demo
 
     run_demo(
-        args.out,
+        args.out or "runs/demo",
         config=args.config,
         overrides=overrides_of(args),
         vocab_size=args.vocab_size,

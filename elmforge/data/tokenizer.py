@@ -55,21 +55,25 @@ def default_tokenizer_path() -> Path | None:
     if os.environ.get(LLAMA2_TOKENIZER_ENV):
         candidates.append(Path(os.environ[LLAMA2_TOKENIZER_ENV]).expanduser())
     candidates.append(llama2_cache_path())
-    if os.environ.get(NO_DEV_FALLBACK_ENV, "") in ("", "0"):
-        candidates += _development_paths()
+    candidates += development_paths(LLAMA2_TOKENIZER_FILE)
     for path in candidates:
         if path.is_file():
             return path.resolve()
     return None
 
 
-def _development_paths() -> list[Path]:
+def development_paths(relative: str) -> list[Path]:
+    """Development fallbacks for ``relative`` under the project's shared data, in order:
+    ``$ELMFORGE_SHARED/data/`` and the ``shared/data/`` directory beside a source checkout; none
+    when ``$ELMFORGE_NO_DEV_FALLBACK`` is set (an installed wheel has none either)."""
+    if os.environ.get(NO_DEV_FALLBACK_ENV, "") not in ("", "0"):
+        return []
     paths = []
     if os.environ.get("ELMFORGE_SHARED"):
-        paths.append(Path(os.environ["ELMFORGE_SHARED"]) / "data" / LLAMA2_TOKENIZER_FILE)
+        paths.append(Path(os.environ["ELMFORGE_SHARED"]) / "data" / relative)
     checkout = Path(__file__).resolve().parents[2]
     if (checkout / "pyproject.toml").is_file():  # a source checkout, not an installed wheel
-        paths.append(checkout.parent / "shared" / "data" / LLAMA2_TOKENIZER_FILE)
+        paths.append(checkout.parent / "shared" / "data" / relative)
     return paths
 
 

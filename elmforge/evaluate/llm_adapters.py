@@ -94,7 +94,11 @@ def available_tasks(data_dir: str | Path) -> list[str]:
 
 
 def score_tasks(
-    lm: Any, data_dir: str | Path, tasks: list[str] | None = None, limit: int | None = None
+    lm: Any,
+    data_dir: str | Path,
+    tasks: list[str] | None = None,
+    limit: int | None = None,
+    progress: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """``{task: {acc, acc_norm, n}}`` plus an ``average`` entry, through lm-eval's ``lm``."""
     from lm_eval.api.instance import Instance
@@ -113,7 +117,7 @@ def score_tasks(
                 Instance("loglikelihood", row, (context, continuation(o)), i, (task, doc_id, 1))
                 for i, o in enumerate(options)
             ]
-        scores = [logll for logll, _ in lm.loglikelihood(requests)]
+        scores = [logll for logll, _ in lm.loglikelihood(requests, disable_tqdm=not progress)]
         correct = correct_norm = 0
         for row, (start, options) in zip(rows, spans):
             logll = scores[start : start + len(options)]
@@ -123,7 +127,8 @@ def score_tasks(
         results[task] = {"acc": correct / len(rows), "acc_norm": correct_norm / len(rows),
                          "n": len(rows), "num_fewshot": 0}  # fmt: skip
     results["average"] = {
-        metric: sum(results[t][metric] for t in tasks) / len(tasks) for metric in ("acc", "acc_norm")
+        metric: sum(results[t][metric] for t in tasks) / len(tasks)
+        for metric in ("acc", "acc_norm")
     }
     results["average"]["n"] = sum(results[t]["n"] for t in tasks)
     return results
@@ -140,6 +145,7 @@ def evaluate_llm_adapters(
     out_dir: str | Path | None = None,
     model_name: str | None = None,
     tokenizer_name: str | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` on the suite; returns (and with ``out_dir`` writes) an evaluate report."""
     import datetime as dt
@@ -158,7 +164,8 @@ def evaluate_llm_adapters(
     was_training = model.training
     model.eval()
     try:
-        results = score_tasks(build_lm(model, tokenizer, batch_size), data_dir, tasks, limit)
+        lm = build_lm(model, tokenizer, batch_size)
+        results = score_tasks(lm, data_dir, tasks, limit, progress)
     finally:
         model.train(was_training)
     report = {
@@ -166,8 +173,13 @@ def evaluate_llm_adapters(
         "tokenizer": describe_tokenizer(tokenizer, tokenizer_name),
         "versions": versions(),
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "settings": {"suite": SUITE, "tasks": [*tasks, "average"], "limit": limit,
-                     "batch_size": batch_size, "data_dir": str(data_dir)},  # fmt: skip
+        "settings": {
+            "suite": SUITE,
+            "tasks": [*tasks, "average"],
+            "limit": limit,
+            "batch_size": batch_size,
+            "data_dir": str(data_dir),
+        },
         "results": results,
     }
     if out_dir is not None:

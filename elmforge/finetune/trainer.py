@@ -21,10 +21,8 @@ Apple's chat template).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,11 +34,11 @@ import yaml
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.finetune import adapters
 from elmforge.finetune.config import FinetuneConfig
-from elmforge.finetune.losses import dpo_loss, reward_metrics, sequence_logps
-from elmforge.finetune.tokenize import IGNORE_INDEX, TokenRow, collate, pad_id_of
+from elmforge.finetune.steps import Stepper
+from elmforge.finetune.tokenize import pad_id_of
 from elmforge.train import checkpoint as ckpt
 from elmforge.train.logging import RunLogger
-from elmforge.train.optim import WarmupCosineSchedule, build_optimizer, loss_sums
+from elmforge.train.optim import WarmupCosineSchedule, build_optimizer
 from elmforge.train.run_dir import RunDir, is_run_dir
 
 VERB = "finetune"
@@ -204,18 +202,23 @@ class _Run:
         self.precision = precision_of(config, self.device)
         torch.manual_seed(config.seed)
         model, self.tokenizer, self.model_dir = load_base(job, str(self.device))
+        context = getattr(model.config, "max_context_length", None)
+        if context is not None and config.data.max_length > context:
+            raise ConfigError(
+                f"data.max_length: {config.data.max_length} exceeds the model's "
+                f"max_context_length {context}"
+            )
         self.examples, self.data_line = encode_data(job, config, rows, what, self.tokenizer)
         self.max_steps, warmup = config.steps_for(len(self.examples))
-        self.reference = None
+        reference = None
         if job.objective == "dpo" and config.peft == "none":
-            self.reference = copy.deepcopy(model).eval().requires_grad_(False)
+            reference = copy.deepcopy(model).eval().requires_grad_(False)
         if config.peft != "none":
             lora = config.lora
             spec = adapters.lora_config(config.peft, lora.r, lora.alpha, lora.dropout,
                                         lora.targets)  # fmt: skip
             model = adapters.add_adapter(model, spec)
         self.model = model.train()
-        self.params = list(adapters.trainable_parameters(model).values())
         optim = config.optim
         self.schedule = WarmupCosineSchedule(
             max_lr=optim.lr, min_lr=optim.lr * config.schedule.min_lr_ratio,
@@ -224,84 +227,18 @@ class _Run:
         )  # fmt: skip
         self.optimizer = build_optimizer(model, optim, self.schedule.lr(0))
         self.stream = ExampleStream(len(self.examples), config.seed)
-        self.pad_id = pad_id_of(self.tokenizer)
+        self.stepper = Stepper(job.objective, model, self.optimizer, config, self.device,
+                               self.precision, pad_id_of(self.tokenizer), reference)  # fmt: skip
         self.resuming = resuming
 
-    # -- forward passes ----------------------------------------------------------------------------
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision != "bf16":
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
-
-    def _logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with self._autocast():
-            return model(input_ids=batch["input_ids"].to(self.device), use_cache=False).logits
-
-    def _reference_logps(
-        self, batch: dict[str, torch.Tensor], labels: torch.Tensor
-    ) -> torch.Tensor:
-        with torch.no_grad():
-            if self.reference is not None:
-                return sequence_logps(self._logits(self.reference, batch), labels)
-            with self.model.disable_adapter():  # the base model is the reference (PEFT)
-                return sequence_logps(self._logits(self.model, batch), labels)
-
-    def _sft_step(self, micro_batches: list[list[TokenRow]]) -> dict[str, float]:
-        batches = [collate(rows, self.pad_id) for rows in micro_batches]
-        targets = sum(int((b["labels"] != IGNORE_INDEX).sum()) for b in batches)
-        z_weight = self.config.optim.z_loss
-        totals = torch.zeros(2, dtype=torch.float64)
-        for batch in batches:
-            ce_sum, z_sum = loss_sums(
-                self._logits(self.model, batch), batch["labels"].to(self.device)
-            )
-            ((ce_sum + z_weight * z_sum) / targets).backward()
-            totals += torch.stack([ce_sum.detach().double().cpu(), z_sum.detach().double().cpu()])
-        record = {"loss": float(totals[0] / targets)}
-        if z_weight:
-            record["z_loss"] = float(totals[1] / targets)
-        return record
-
-    def _dpo_step(self, micro_batches: list[list[tuple[TokenRow, TokenRow]]]) -> dict[str, float]:
-        pairs_in_step = sum(len(rows) for rows in micro_batches)
-        dpo = self.config.dpo
-        sums: dict[str, float] = {}
-        for rows in micro_batches:
-            batch = collate([c for c, _ in rows] + [r for _, r in rows], self.pad_id)
-            labels = batch["labels"].to(self.device)
-            policy = sequence_logps(self._logits(self.model, batch), labels)
-            reference = self._reference_logps(batch, labels)
-            half = len(rows)
-            terms = dpo_loss(policy[:half], policy[half:], reference[:half], reference[half:],
-                             dpo.beta, dpo.loss)  # fmt: skip
-            (terms.losses.sum() / pairs_in_step).backward()
-            weight = half / pairs_in_step
-            metrics = {"loss": float(terms.losses.detach().mean()), **reward_metrics(terms)}
-            for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + value * weight
-        return sums
-
     def _step(self, step: int) -> tuple[dict[str, float], int]:
-        """One optimizer step; returns its metrics and the (non-padding) tokens it read."""
+        """One optimizer step over the next micro-batches of the data order."""
         train = self.config.train
         micro_batches = [
             [self.examples[i] for i in self.stream.take(train.micro_batch_size)]
             for _ in range(train.grad_accum)
         ]
-        objective_step = self._sft_step if self.job.objective == "sft" else self._dpo_step
-        record = objective_step(micro_batches)
-        tokens = sum(_tokens(example) for rows in micro_batches for example in rows)
-        clip = self.config.optim.grad_clip if self.config.optim.grad_clip > 0 else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
-        if not (math.isfinite(record["loss"]) and math.isfinite(grad_norm)):
-            raise ElmforgeError(
-                f"step {step + 1}: non-finite loss or gradient (loss {record['loss']}, grad norm "
-                f"{grad_norm}); lower --optim.lr (the last checkpoint is kept)"
-            )
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        record["grad_norm"] = grad_norm
-        return record, tokens
+        return self.stepper.step(micro_batches, step)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save(self, step: int, counters: dict[str, Any]) -> None:
@@ -412,7 +349,7 @@ class _Run:
 
     def _describe(self) -> str:
         total = sum(p.numel() for p in self.model.parameters())
-        trained = sum(p.numel() for p in self.params)
+        trained = sum(p.numel() for p in adapters.trainable_parameters(self.model).values())
         method = {"none": "full fine-tuning", "lora": "LoRA", "dora": "DoRA"}[self.config.peft]
         train = self.config.train
         return (
@@ -450,9 +387,3 @@ def write_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
     ckpt.save_model_dir(
         model.config, model.state_dict(), directory, ensure_chat_template(tokenizer)
     )
-
-
-def _tokens(example: TokenRow | tuple[TokenRow, TokenRow]) -> int:
-    if isinstance(example, tuple):
-        return sum(len(seq.ids) for seq in example)
-    return len(example.ids)

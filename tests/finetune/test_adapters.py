@@ -13,7 +13,7 @@ import torch
 
 from elmforge.errors import CheckpointError, ConfigError
 from elmforge.finetune import adapters
-from elmforge.finetune.config import FinetuneConfig
+from elmforge.finetune.config import DEFAULT_TARGETS, FinetuneConfig
 from elmforge.finetune.trainer import FinetuneJob, finetune
 from tests.finetune.conftest import instruction_rows, make_model_dir, write_json
 
@@ -37,7 +37,7 @@ def test_only_adapter_parameters_train(method: str) -> None:
     model = _micro()
     original = {k: v.clone() for k, v in model.state_dict().items()}
     peft_model = adapters.add_adapter(
-        model, adapters.lora_config(method, 4, 8, 0.1, adapters.DEFAULT_TARGETS)
+        model, adapters.lora_config(method, 4, 8, 0.1, DEFAULT_TARGETS)
     )
     trainable = adapters.trainable_parameters(peft_model)
     assert trainable and all("lora_" in name for name in trainable)

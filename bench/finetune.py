@@ -1,0 +1,160 @@
+"""Fine-tuning cost: tokens/s and peak memory of full fine-tuning vs LoRA vs DoRA, and DPO vs SFT.
+
+OpenELM-270M shape (random weights, LLaMA-2's 32000-token vocabulary), sequences of 256 tokens.
+Each case runs in its own process (peak RSS is a per-process high-water mark) and times the
+optimizer step the fine-tuning loop takes (``elmforge.finetune.steps.Stepper``: forward, loss,
+backward, clipping, AdamW) after one untimed warm-up step; the adapters are CoreNet's recipe
+(rank 32, alpha 32, dropout 0.1 on the embedding and the four projections). SFT steps take 2
+sequences; DPO steps take 1 pair (the same 2 sequences' worth of policy tokens) plus the
+reference's forward pass. Cases take turns within each of ``--rounds`` rounds (medians).
+
+    .venv/bin/python bench/finetune.py                  # CPU, all cases, 1 round of 3 steps
+    .venv/bin/python bench/finetune.py --rounds 2 --steps 5
+    .venv/bin/python bench/finetune.py --device cuda --seq-len 1024
+
+Prints a table and writes bench/results/finetune[-DEVICE].json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+CASES = [
+    ("sft", "none", "fp32"),
+    ("sft", "lora", "fp32"),
+    ("sft", "dora", "fp32"),
+    ("sft", "none", "bf16"),
+    ("sft", "lora", "bf16"),
+    ("sft", "dora", "bf16"),
+    ("dpo", "lora", "fp32"),
+]
+
+
+def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace) -> dict:
+    """In this process: build the model, time ``args.steps`` optimizer steps, measure memory."""
+    import torch
+
+    from elmforge.finetune import adapters
+    from elmforge.finetune.config import FinetuneConfig
+    from elmforge.finetune.steps import Stepper
+    from elmforge.finetune.tokenize import TokenRow
+    from elmforge.model.config import OpenELMConfig
+    from elmforge.model.modeling import OpenELMForCausalLM
+    from elmforge.train.optim import build_optimizer
+
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    model = OpenELMForCausalLM(OpenELMConfig.from_name(args.shape)).to(device)
+    config = FinetuneConfig.load(None, [f"peft={peft}", f"train.precision={precision}"])
+    reference = None
+    if peft != "none":
+        spec = adapters.lora_config(peft, config.lora.r, config.lora.alpha, config.lora.dropout,
+                                    config.lora.targets)  # fmt: skip
+        model = adapters.add_adapter(model, spec)
+    elif objective == "dpo":
+        import copy
+
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
+    model.train()
+    optimizer = build_optimizer(model, config.optim, config.optim.lr)
+    stepper = Stepper(objective, model, optimizer, config, device, precision, 0, reference)
+    vocab, prompt = model.config.vocab_size, args.seq_len // 4
+
+    def row(seed: int) -> TokenRow:
+        generator = torch.Generator().manual_seed(seed)
+        ids = torch.randint(3, vocab, (args.seq_len + 1,), generator=generator).tolist()
+        return TokenRow(ids, [False] * prompt + [True] * (args.seq_len + 1 - prompt))
+
+    if objective == "sft":
+        batch = [[row(0), row(1)]]
+    else:
+        batch = [[(row(0), row(1))]]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    stepper.step(batch)  # warm-up (allocates AdamW's state)
+    times = []
+    for _ in range(args.steps):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        _, tokens = stepper.step(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - started)
+    step_s = statistics.median(times)
+    trainable = sum(p.numel() for p in adapters.trainable_parameters(model).values())
+    result = {
+        "objective": objective, "peft": peft, "precision": precision,
+        "trainable_params": trainable, "step_s": step_s, "tokens_per_s": tokens / step_s,
+        "setup_rss_mib": rss_before,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }  # fmt: skip
+    if device.type == "cuda":
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="OpenELM-270M")
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per case (3)")
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of all cases (1)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--cases", help="comma-separated objective/peft/precision, e.g. sft/lora/fp32"
+    )
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help="JSON path (default bench/results/finetune[-DEVICE].json)")
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_case(*args.child.split("/"), args)))
+        return
+    cases = [tuple(c.split("/")) for c in args.cases.split(",")] if args.cases else CASES
+    runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    for round_index in range(args.rounds):
+        for case in cases:
+            command = [sys.executable, __file__, "--child", "/".join(case), "--shape", args.shape,
+                       "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+                       "--device", args.device]  # fmt: skip
+            output = subprocess.run(command, capture_output=True, text=True, check=True)
+            runs[case].append(json.loads(output.stdout.strip().splitlines()[-1]))
+            print(f"round {round_index + 1}: {'/'.join(case)} done", file=sys.stderr)
+    rows = []
+    for results in runs.values():
+        row = dict(results[0])
+        for key in ("step_s", "tokens_per_s", "peak_rss_mib", "setup_rss_mib"):
+            row[key] = statistics.median(r[key] for r in results)
+        rows.append(row)
+    full = {r["precision"]: r for r in rows if r["peft"] == "none" and r["objective"] == "sft"}
+    sft_lora = {r["precision"]: r for r in rows if r["peft"] == "lora" and r["objective"] == "sft"}
+    for row in rows:
+        baseline = full.get(row["precision"])
+        if baseline:
+            row["peak_vs_full"] = row["peak_rss_mib"] / baseline["peak_rss_mib"]
+            row["speed_vs_full"] = row["tokens_per_s"] / baseline["tokens_per_s"]
+        if row["objective"] == "dpo" and row["precision"] in sft_lora:
+            row["step_vs_sft"] = row["step_s"] / sft_lora[row["precision"]]["step_s"]
+    from bench.common import print_table, write_json
+
+    print_table(rows, ["objective", "peft", "precision", "trainable_params", "tokens_per_s",
+                       "step_s", "peak_rss_mib", "peak_vs_full", "speed_vs_full",
+                       "step_vs_sft"])  # fmt: skip
+    name = "finetune" if args.device == "cpu" else f"finetune-{args.device}"
+    settings = {"shape": args.shape, "seq_len": args.seq_len, "steps": args.steps,
+                "rounds": args.rounds, "device": args.device}  # fmt: skip
+    print(f"wrote {write_json(name, {'settings': settings, 'results': rows}, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
