@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo test lint format venv clean bench
+.PHONY: demo demo-finetune test lint format venv clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/elmforge demo
+
+# Fine-tuning on the demo model (made first if absent): LoRA SFT, then DPO (docs/finetune.md).
+demo-finetune: venv
+	test -f runs/demo/averaged/config.json || $(VENV)/bin/elmforge demo
+	$(VENV)/bin/elmforge demo --finetune
 
 test: venv
 	$(PY) -m pytest -q

@@ -52,6 +52,8 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
     from elmforge.train.optim import build_optimizer
 
     device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = OpenELMForCausalLM(OpenELMConfig.from_name(args.shape)).to(device)
     config = FinetuneConfig.load(None, [f"peft={peft}", f"train.precision={precision}"])
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case (3)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of all cases (1)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument(
         "--cases", help="comma-separated objective/peft/precision, e.g. sft/lora/fp32"
     )
@@ -126,7 +129,7 @@ def main() -> None:
         for case in cases:
             command = [sys.executable, __file__, "--child", "/".join(case), "--shape", args.shape,
                        "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-                       "--device", args.device]  # fmt: skip
+                       "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
             output = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[case].append(json.loads(output.stdout.strip().splitlines()[-1]))
             print(f"round {round_index + 1}: {'/'.join(case)} done", file=sys.stderr)
@@ -152,7 +155,7 @@ def main() -> None:
                        "step_vs_sft"])  # fmt: skip
     name = "finetune" if args.device == "cpu" else f"finetune-{args.device}"
     settings = {"shape": args.shape, "seq_len": args.seq_len, "steps": args.steps,
-                "rounds": args.rounds, "device": args.device}  # fmt: skip
+                "rounds": args.rounds, "device": args.device, "threads": args.threads}  # fmt: skip
     print(f"wrote {write_json(name, {'settings': settings, 'results': rows}, args.out)}")
 
 

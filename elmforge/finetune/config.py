@@ -24,6 +24,28 @@ from elmforge.train.config import CheckpointSection, OptimSection
 # projections of every layer.
 DEFAULT_TARGETS = ("token_embeddings", "qkv_proj", "out_proj", "proj_1", "proj_2")
 OBJECTIVES = ("sft", "dpo")
+_POSITIVE = (lambda v: v > 0, "positive")
+_NON_NEGATIVE = (lambda v: v >= 0, ">= 0")
+_FRACTION = (lambda v: 0 <= v < 1, "in [0, 1)")
+# Dotted key -> (rule, what the rule asks), checked on every config ("auto" values skip it).
+RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
+    **dict.fromkeys(
+        ["optim.lr", "lora.r", "lora.alpha", "dpo.beta", "train.epochs",
+         "train.micro_batch_size", "train.grad_accum", "checkpoint.save_every", "log.log_every",
+         "data.max_length", "data.max_prompt_length", "schedule.max_steps"],
+        _POSITIVE,
+    ),
+    **dict.fromkeys(
+        ["optim.weight_decay", "optim.eps", "optim.grad_clip", "optim.z_loss",
+         "schedule.warmup_steps", "schedule.warmup_init_lr", "checkpoint.keep_last",
+         "train.num_threads", "seed"],
+        _NON_NEGATIVE,
+    ),
+    **dict.fromkeys(
+        ["optim.beta1", "optim.beta2", "lora.dropout", "schedule.warmup_ratio"], _FRACTION
+    ),
+    "schedule.min_lr_ratio": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+}  # fmt: skip
 
 
 @dataclass
@@ -174,58 +196,20 @@ class FinetuneConfig:
         return kit.to_yaml(self)
 
     def validate(self, where: str = "") -> None:
-        """Rules across fields (the kit has checked each field's type)."""
-
-        def fail(key: str, message: str) -> None:
-            raise ConfigError(f"{key}: {message}")
-
-        positive = {
-            "optim.lr": self.optim.lr,
-            "lora.r": self.lora.r,
-            "lora.alpha": self.lora.alpha,
-            "dpo.beta": self.dpo.beta,
-            "train.epochs": self.train.epochs,
-            "train.micro_batch_size": self.train.micro_batch_size,
-            "train.grad_accum": self.train.grad_accum,
-            "checkpoint.save_every": self.checkpoint.save_every,
-            "log.log_every": self.log.log_every,
-            "data.max_length": self.data.max_length,
-            "data.max_prompt_length": self.data.max_prompt_length,
-        }
-        if isinstance(self.schedule.max_steps, int):
-            positive["schedule.max_steps"] = self.schedule.max_steps
-        for key, value in positive.items():
-            if not value > 0:
-                fail(key, f"must be positive, got {value!r}")
-        for key, value in {
-            "optim.weight_decay": self.optim.weight_decay,
-            "optim.grad_clip": self.optim.grad_clip,
-            "optim.z_loss": self.optim.z_loss,
-            "schedule.warmup_init_lr": self.schedule.warmup_init_lr,
-            "schedule.min_lr_ratio": self.schedule.min_lr_ratio,
-            "checkpoint.keep_last": self.checkpoint.keep_last,
-            "train.num_threads": self.train.num_threads,
-            "seed": self.seed,
-        }.items():
-            if not value >= 0:
-                fail(key, f"must be >= 0, got {value!r}")
-        if isinstance(self.schedule.warmup_steps, int) and self.schedule.warmup_steps < 0:
-            fail("schedule.warmup_steps", f"must be >= 0, got {self.schedule.warmup_steps}")
-        for key, value in (
-            ("optim.beta1", self.optim.beta1),
-            ("optim.beta2", self.optim.beta2),
-            ("lora.dropout", self.lora.dropout),
-            ("schedule.warmup_ratio", self.schedule.warmup_ratio),
-        ):
-            if not 0 <= value < 1:
-                fail(key, f"must be in [0, 1), got {value}")
-        if self.schedule.min_lr_ratio > 1:
-            fail("schedule.min_lr_ratio", f"must be <= 1, got {self.schedule.min_lr_ratio}")
+        """The value rules of ``RULES`` and the rules across fields (the kit checked types)."""
+        for key, (ok, what) in RULES.items():
+            value = self
+            for part in key.split("."):
+                value = getattr(value, part)
+            if value != "auto" and not ok(value):
+                raise ConfigError(f"{key}: must be {what}, got {value!r}")
         if self.data.max_prompt_length >= self.data.max_length:
-            fail("data.max_prompt_length", f"{self.data.max_prompt_length} must be below "
-                 f"data.max_length={self.data.max_length}")  # fmt: skip
+            raise ConfigError(
+                f"data.max_prompt_length: {self.data.max_prompt_length} must be below "
+                f"data.max_length={self.data.max_length}"
+            )
         if not self.lora.targets:
-            fail("lora.targets", "no target modules given")
+            raise ConfigError("lora.targets: no target modules given")
 
     # -- derived values ------------------------------------------------------------------------
     def steps_for(self, rows: int) -> tuple[int, int]:
