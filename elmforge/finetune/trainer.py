@@ -120,18 +120,30 @@ def read_data(job: FinetuneJob, config: FinetuneConfig) -> tuple[list, str]:
     return data.load_preference_rows(job.data, config.data.split), "preference pairs"
 
 
+def fit_lengths(config: FinetuneConfig, context: int | None) -> tuple[int, int, str]:
+    """(max_length, max_prompt_length, note): the configured lengths, or for a model with a
+    shorter context both scaled down to it (the prompt keeps its share)."""
+    length, prompt = config.data.max_length, config.data.max_prompt_length
+    if context is None or length <= context:
+        return length, prompt, ""
+    scaled = max(1, prompt * context // length)
+    note = (f"; data.max_length {length} / max_prompt_length {prompt} cut to the model's "
+            f"context: {context} / {scaled}")  # fmt: skip
+    return context, scaled, note
+
+
 def encode_data(
-    job: FinetuneJob, config: FinetuneConfig, rows: list, what: str, tokenizer: Any
+    job: FinetuneJob, lengths: tuple[int, int, str], rows: list, what: str, tokenizer: Any
 ) -> tuple[list, str]:
     """Tokenised examples (SFT rows or DPO pairs) and a line describing them."""
     from elmforge.finetune import tokenize
 
-    length, prompt = config.data.max_length, config.data.max_prompt_length
+    length, prompt, note = lengths
     encode = tokenize.encode_sft if job.objective == "sft" else tokenize.encode_preferences
     examples, stats = encode(rows, tokenizer, length, prompt)
     if not examples:
         raise ElmforgeError(f"{job.data}: no row is left to train on ({stats.describe(what)})")
-    return examples, f"data: {stats.describe(what)}"
+    return examples, f"data: {stats.describe(what)}{note}"
 
 
 def pick_device(config: FinetuneConfig) -> torch.device:
@@ -202,13 +214,12 @@ class _Run:
         self.precision = precision_of(config, self.device)
         torch.manual_seed(config.seed)
         model, self.tokenizer, self.model_dir = load_base(job, str(self.device))
-        context = getattr(model.config, "max_context_length", None)
-        if context is not None and config.data.max_length > context:
+        if getattr(model.config, "model_type", None) != "openelm":
             raise ConfigError(
-                f"data.max_length: {config.data.max_length} exceeds the model's "
-                f"max_context_length {context}"
+                f"{job.model}: a {model.config.model_type} model; elmforge finetune tunes OpenELM"
             )
-        self.examples, self.data_line = encode_data(job, config, rows, what, self.tokenizer)
+        lengths = fit_lengths(config, getattr(model.config, "max_context_length", None))
+        self.examples, self.data_line = encode_data(job, lengths, rows, what, self.tokenizer)
         self.max_steps, warmup = config.steps_for(len(self.examples))
         reference = None
         if job.objective == "dpo" and config.peft == "none":

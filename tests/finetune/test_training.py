@@ -95,3 +95,33 @@ def test_dpo_raises_the_margin_on_held_aside_pairs(tmp_path: Path, base_model_di
     assert records[-1]["rewards/margins"] > 0 and records[-1]["rewards/accuracies"] == 1.0
     assert {"rewards/chosen", "rewards/rejected"} <= set(records[-1])
     assert torch.isfinite(torch.tensor(records[-1]["loss"]))
+
+
+@pytest.mark.slow
+def test_apples_hub_layout_without_tokenizer_gets_llama2_and_the_template(
+    tmp_path: Path, llama2_tokenizer_path: Path
+) -> None:
+    """Apple's -Instruct repos ship config.json (with an auto_map) and weights, no tokenizer."""
+    from transformers import AutoTokenizer
+
+    from elmforge.model.config import OpenELMConfig
+    from elmforge.model.modeling import OpenELMForCausalLM
+
+    hub = tmp_path / "OpenELM-micro-Instruct"
+    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=32000)).save_pretrained(
+        hub
+    )
+    config = json.loads((hub / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"}
+    (hub / "config.json").write_text(json.dumps(config))
+    chat = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    ]
+    data = write_jsonl(tmp_path / "chat.jsonl", chat * 4)
+    options = [*QUICK, "peft=lora", "lora.r=2", "schedule.max_steps=2", "train.micro_batch_size=2"]
+    final = finetune(FinetuneJob("sft", str(hub), str(data)), FinetuneConfig.load(None, options),
+                     tmp_path / "run")  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    assert len(tokenizer) == 32000 and tokenizer("Hello world").input_ids == [1, 15043, 3186]
+    messages = chat[0]["messages"]
+    assert tokenizer.apply_chat_template(messages, tokenize=False) == render_chat(messages)
