@@ -6,10 +6,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import gguf
 import pytest
 import torch
 
-from elmforge.data.chat import render_chat
+from elmforge.data.chat import APPLE_CHAT_TEMPLATE, render_chat
 from elmforge.finetune.config import FinetuneConfig
 from elmforge.finetune.data import PreferenceRow
 from elmforge.finetune.losses import preference_margin
@@ -69,6 +70,8 @@ def test_run_directory_and_final_model(sft_run: Path) -> None:
     ]
     assert tokenizer.apply_chat_template(conversation, tokenize=False) == render_chat(conversation)
     assert model.config.vocab_size >= len(tokenizer)
+    # llama.cpp's converter (gguf's SpecialVocab) finds Apple's template too.
+    assert gguf.SpecialVocab(final, load_merges=False).chat_template == APPLE_CHAT_TEMPLATE
     assert not (sft_run / "adapter").exists()
 
 
