@@ -103,6 +103,8 @@ def score_tasks(
     """``{task: {acc, acc_norm, n}}`` plus an ``average`` entry, through lm-eval's ``lm``."""
     from lm_eval.api.instance import Instance
 
+    from elmforge.evaluate.harness import quiet_lm_eval
+
     data_dir = Path(data_dir)
     tasks = tasks or available_tasks(data_dir)
     results: dict[str, dict[str, Any]] = {}
@@ -117,7 +119,9 @@ def score_tasks(
                 Instance("loglikelihood", row, (context, continuation(o)), i, (task, doc_id, 1))
                 for i, o in enumerate(options)
             ]
-        scores = [logll for logll, _ in lm.loglikelihood(requests, disable_tqdm=not progress)]
+        with quiet_lm_eval(verbose=False):  # no warning per prompt cut to the model's context
+            answers = lm.loglikelihood(requests, disable_tqdm=not progress)
+        scores = [logll for logll, _ in answers]
         correct = correct_norm = 0
         for row, (start, options) in zip(rows, spans):
             logll = scores[start : start + len(options)]

@@ -173,7 +173,9 @@ def run_demo(settings: DemoSettings) -> dict[str, Any]:
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     (out / "demo.md").write_text(summary_markdown(report), encoding="utf-8")
+    plot_demo(report, out / "demo.png")
     print(summary_markdown(report))
+    print(f"[demo] {out / 'demo.md'}, {out / 'demo.png'}; runs: {out / 'sft'}, {out / 'dpo'}")
     return report
 
 
@@ -240,3 +242,30 @@ def summary_markdown(report: dict[str, Any]) -> str:
     margins = " | ".join(f"{report['margin_nats'][label]:+.2f}" for label in labels)
     lines += [f"| preference margin, held-aside pairs (nats) | {margins} |", ""]
     return "\n".join(lines)
+
+
+def plot_demo(report: dict[str, Any], path: Path) -> None:
+    """Accuracy per task of each model, and the held-aside margin, as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(report["accuracy"])
+    tasks = list(report["accuracy"][labels[0]])
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=100,
+                                      gridspec_kw={"width_ratios": [4, 1]})  # fmt: skip
+    width = 0.8 / len(labels)
+    for i, label in enumerate(labels):
+        values = [100 * report["accuracy"][label][t] for t in tasks]
+        left.bar([x + i * width for x in range(len(tasks))], values, width, label=label)
+    left.set_xticks([x + width * (len(labels) - 1) / 2 for x in range(len(tasks))], tasks,
+                    rotation=30, ha="right")  # fmt: skip
+    left.set_ylabel("llm-adapters accuracy (%)")
+    left.legend()
+    right.bar(labels, [report["margin_nats"][label] for label in labels], color="gray")
+    right.set_ylabel("log p(chosen) - log p(rejected), nats")
+    right.set_title("held-aside pairs")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
