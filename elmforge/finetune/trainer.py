@@ -43,11 +43,13 @@ from elmforge.train.run_dir import RunDir, is_run_dir
 
 VERB = "finetune"
 DATA_STATE = "data"
+# Settings a resumed run may change: they do not change what the run computes.
+RESUMABLE_CHANGES = ("log", "train.num_threads", "checkpoint.keep_last")
 
 
 @dataclass(frozen=True)
 class FinetuneJob:
-    """What to tune, on what, into where; with ``config`` it is the whole run."""
+    """What to tune and on what; with a config and an output directory it is a run."""
 
     objective: str
     """``sft`` or ``dpo``."""
@@ -75,9 +77,10 @@ def check_output(job: FinetuneJob, config: FinetuneConfig, out_dir: Path) -> boo
         previous = yaml.safe_load(run.config.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
         previous = None
-    current = run_record(job, config)
-    if not isinstance(previous, dict) or previous.get("job", {}).get("objective") is None:
+    current = _without_resumable(run_record(job, config))
+    if not isinstance(previous, dict) or not isinstance(previous.get("job"), dict):
         raise ElmforgeError(f"{out_dir}: a run directory, but not of `elmforge finetune`")
+    previous = _without_resumable(previous)
     for section in ("job", "config"):
         if previous.get(section) != current[section]:
             differing = _first_difference(previous.get(section), current[section], section)
@@ -86,6 +89,18 @@ def check_output(job: FinetuneJob, config: FinetuneConfig, out_dir: Path) -> boo
                 "re-run the same command to resume, or pick another --out"
             )
     return True
+
+
+def _without_resumable(record: dict[str, Any]) -> dict[str, Any]:
+    record = copy.deepcopy(record)
+    for key in RESUMABLE_CHANGES:
+        node, *path, last = ["config", *key.split(".")]
+        parent = record.get(node)
+        for part in path:
+            parent = parent.get(part) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(last, None)
+    return record
 
 
 def _first_difference(old: Any, new: Any, key: str) -> str:

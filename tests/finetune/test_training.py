@@ -35,14 +35,25 @@ def style_pairs(things: list[str]) -> list[dict[str, str]]:
     ]
 
 
+SFT_SETTINGS = ["optim.lr=3e-3", "schedule.max_steps=24", "train.micro_batch_size=4"]
+
+
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, base_model_dir) -> Path:
     root = tmp_path_factory.mktemp("sft")
     data = write_json(root / "facts.json", instruction_rows())
-    config = FinetuneConfig.load(None, [*QUICK, "optim.lr=3e-3", "schedule.max_steps=24",
-                                        "train.micro_batch_size=4"])  # fmt: skip
+    config = FinetuneConfig.load(None, [*QUICK, *SFT_SETTINGS])
     finetune(FinetuneJob("sft", str(base_model_dir), str(data)), config, root / "run")
     return root / "run"
+
+
+def test_a_finished_run_reruns_with_other_log_settings(sft_run: Path, base_model_dir) -> None:
+    lines = (sft_run / "metrics.jsonl").read_text()
+    config = FinetuneConfig.load(None, [*QUICK, *SFT_SETTINGS, "log.progress=none",
+                                        "checkpoint.keep_last=5"])  # fmt: skip
+    job = FinetuneJob("sft", str(base_model_dir), str(sft_run.parent / "facts.json"))
+    assert finetune(job, config, sft_run) == sft_run / "final"
+    assert (sft_run / "metrics.jsonl").read_text() == lines
 
 
 def test_sft_learns_a_tiny_set(sft_run: Path) -> None:
