@@ -199,6 +199,7 @@ def add_corenet_peft_parser(sub: argparse._SubParsersAction) -> None:
 def run_corenet_peft_to_hf(args: argparse.Namespace) -> int:
     from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
     from elmforge.finetune.corenet_peft import convert_corenet_peft
+    from elmforge.model.profile import resolve_config
 
     tokenizer = args.tokenizer or default_tokenizer_path()
     base_name = args.name if "/" in args.name or Path(args.name).exists() else f"apple/{args.name}"

@@ -26,9 +26,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--out", help="output directory (runs/demo; runs/demo-finetune with --finetune)"
-    )
+    p.add_argument("--out", help="output directory (runs/demo; runs/demo-finetune with --finetune)")
     p.add_argument(
         "--config",
         default=DEMO_CONFIG,

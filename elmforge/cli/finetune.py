@@ -12,7 +12,7 @@ EPILOG = """examples:
   elmforge finetune sft runs/demo/averaged --data ../shared/data/commonsense/ARC-Easy/train.json \\
       --prompt-style llm-adapters --peft lora --out runs/sft-lora --schedule.max_steps 200
   elmforge finetune dpo apple/OpenELM-270M --data prefs.jsonl --out runs/dpo \\
-      --config configs/finetune/dpo-openelm-270m.yaml
+      --config finetune/dpo-openelm-270m
   elmforge merge-adapter runs/demo/averaged runs/sft-lora/adapter --out runs/merged
 Re-running a command with the same --out resumes it from its newest intact checkpoint.
 """
@@ -43,7 +43,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--split", dest=_ALIAS + "data.split", default=argparse.SUPPRESS,
                          help="split of an hf: dataset (same as --data.split)")  # fmt: skip
         sub.add_argument("--out", required=True, metavar="DIR", help="run directory")
-        sub.add_argument("--config", metavar="YAML", help="a run config (configs/finetune/)")
+        sub.add_argument(
+            "--config",
+            metavar="YAML",
+            help="a run config file, or a packaged one by name (finetune/dpo-openelm-270m)",
+        )
         sub.add_argument("--tokenizer", help="tokenizer file/dir (default: the model's own, "
                          "LLaMA-2's for Apple's hub layouts)")  # fmt: skip
         sub.add_argument("--print-config", action="store_true",

@@ -1,4 +1,4 @@
-"""The fine-tuning run config: typed sections, YAML (``configs/finetune/``) and dotted overrides.
+"""The fine-tuning run config: typed sections, YAML (packaged: ``elmforge/configs/finetune/``) and dotted overrides.
 
 Built with the config kit (:mod:`elmforge.config`), like pretraining's: the sections and keys
 shared with pretraining keep their names and meaning (``optim.lr``, ``schedule.max_steps``,
@@ -147,7 +147,7 @@ class FinetuneLog:
 
 @dataclass
 class FinetuneConfig:
-    """One fine-tuning run; the top-level keys of a configs/finetune YAML file."""
+    """One fine-tuning run; the top-level keys of a fine-tuning YAML file."""
 
     peft: Literal["none", "lora", "dora"] = "none"
     """``none``: full fine-tuning; ``lora`` or ``dora``: train a PEFT adapter only."""

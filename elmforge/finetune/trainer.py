@@ -32,6 +32,7 @@ import torch
 import yaml
 
 from elmforge.errors import ConfigError, ElmforgeError
+from elmforge.files import atomic_directory, atomic_write_text
 from elmforge.finetune import adapters
 from elmforge.finetune.config import FinetuneConfig
 from elmforge.finetune.steps import Stepper
@@ -39,7 +40,7 @@ from elmforge.finetune.tokenize import pad_id_of
 from elmforge.train import checkpoint as ckpt
 from elmforge.train.logging import RunLogger
 from elmforge.train.optim import WarmupCosineSchedule, build_optimizer
-from elmforge.train.run_dir import RunDir, is_run_dir
+from elmforge.train.run_dir import CHECKPOINT_MODEL, RunDir, is_run_dir
 
 VERB = "finetune"
 DATA_STATE = "data"
@@ -269,8 +270,8 @@ class _Run:
     # -- checkpoints ---------------------------------------------------------------------------------
     def _save(self, step: int, counters: dict[str, Any]) -> None:
         final = self.run_dir.checkpoints / ckpt.step_dir_name(step)
-        with ckpt.atomic_directory(final) as tmp:
-            self._write_model(tmp / ckpt.MODEL_DIR)
+        with atomic_directory(final) as tmp:
+            self._write_model(tmp / CHECKPOINT_MODEL)
             torch.save(self.optimizer.state_dict(), tmp / ckpt.OPTIMIZER_STATE)
             torch.save([ckpt.capture_rng_state()], tmp / ckpt.RNG_STATE)
             trainer = {"step": step, DATA_STATE: self.stream.state_dict(), **counters}
@@ -293,7 +294,7 @@ class _Run:
             return None
         from safetensors.torch import load_file
 
-        model_dir = path / ckpt.MODEL_DIR
+        model_dir = path / CHECKPOINT_MODEL
         try:
             if self.config.peft != "none":
                 from peft import set_peft_model_state_dict
@@ -319,8 +320,6 @@ class _Run:
 
     # -- the loop --------------------------------------------------------------------------------------
     def run(self) -> Path:
-        from elmforge.files import atomic_write_text
-
         run_dir, config = self.run_dir, self.config
         run_dir.root.mkdir(parents=True, exist_ok=True)
         ckpt.clean_stale_temporaries(run_dir.root)
@@ -387,8 +386,6 @@ class _Run:
         )
 
     def _write_outputs(self, logger: RunLogger) -> Path:
-        from elmforge.files import atomic_directory
-
         model = self.model
         if self.config.peft != "none":
             with atomic_directory(self.run_dir.adapter, verb=VERB) as tmp:

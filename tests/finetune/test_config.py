@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from elmforge.cli.finetune import overrides
 from elmforge.cli.main import build_parser
 from elmforge.errors import ConfigError
 from elmforge.finetune.config import DEFAULT_TARGETS, FinetuneConfig
+from elmforge.package_data import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "finetune"
-# SPEC.md section 5: per size epochs, learning rate and loss of Apple's DPO runs.
+CONFIGS = CONFIG_DIR / "finetune"
+# docs/openelm.md, Instruction tuning: per size epochs, learning rate and loss of Apple's DPO runs.
 DPO_RECIPES = {
     "270m": (5, 2e-5, "hinge"),
     "450m": (8, 3e-5, "hinge"),
