@@ -103,7 +103,7 @@ def score_tasks(
     """``{task: {acc, acc_norm, n}}`` plus an ``average`` entry, through lm-eval's ``lm``."""
     from lm_eval.api.instance import Instance
 
-    from elmforge.evaluate.harness import quiet_lm_eval
+    from elmforge.evaluate.lm_eval_glue import quiet_lm_eval
 
     data_dir = Path(data_dir)
     tasks = tasks or available_tasks(data_dir)
