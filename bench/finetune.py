@@ -4,11 +4,14 @@ OpenELM-270M shape (random weights, LLaMA-2's 32000-token vocabulary), sequences
 Each case runs in its own process (peak RSS is a per-process high-water mark) and times the
 optimizer step the fine-tuning loop takes (``elmforge.finetune.steps.Stepper``: forward, loss,
 backward, clipping, AdamW) after one untimed warm-up step; the adapters are CoreNet's recipe
-(rank 32, alpha 32, dropout 0.1 on the embedding and the four projections). SFT steps take 2
-sequences; DPO steps take 1 pair (the same 2 sequences' worth of policy tokens) plus the
-reference's forward pass. Cases take turns within each of ``--rounds`` rounds (medians).
+(rank 32, alpha 32, dropout 0.1 on the embedding and the four projections). An SFT step takes
+``--rows`` sequences, a DPO step as many pairs (twice the policy tokens, plus the reference's
+forward pass). Memory: the process's peak RSS, and the same minus the RSS after the imports (the
+interpreter, torch and transformers, the same in every case). Cases take turns within each of
+``--rounds`` rounds (medians).
 
     .venv/bin/python bench/finetune.py                  # CPU, all cases, 1 round of 3 steps
+    .venv/bin/python bench/finetune.py --threads 1 --steps 2   # a shared 2-core machine
     .venv/bin/python bench/finetune.py --rounds 2 --steps 5
     .venv/bin/python bench/finetune.py --device cuda --seq-len 1024
 
@@ -39,6 +42,10 @@ CASES = [
 ]
 
 
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace) -> dict:
     """In this process: build the model, time ``args.steps`` optimizer steps, measure memory."""
     import torch
@@ -51,6 +58,7 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
     from elmforge.model.modeling import OpenELMForCausalLM
     from elmforge.train.optim import build_optimizer
 
+    imports_rss = _rss_mib()
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,12 +85,12 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
         return TokenRow(ids, [False] * prompt + [True] * (args.seq_len + 1 - prompt))
 
     if objective == "sft":
-        batch = [[row(0), row(1)]]
+        batch = [[row(i) for i in range(args.rows)]]
     else:
-        batch = [[(row(0), row(1))]]
+        batch = [[(row(2 * i), row(2 * i + 1)) for i in range(args.rows)]]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = _rss_mib()
     stepper.step(batch)  # warm-up (allocates AdamW's state)
     times = []
     for _ in range(args.steps):
@@ -98,9 +106,9 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
     result = {
         "objective": objective, "peft": peft, "precision": precision,
         "trainable_params": trainable, "step_s": step_s, "tokens_per_s": tokens / step_s,
-        "setup_rss_mib": rss_before,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "imports_rss_mib": imports_rss, "setup_rss_mib": rss_before, "peak_rss_mib": _rss_mib(),
     }  # fmt: skip
+    result["training_mib"] = result["peak_rss_mib"] - imports_rss
     if device.type == "cuda":
         result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -111,6 +119,7 @@ def main() -> None:
     parser.add_argument("--shape", default="OpenELM-270M")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case (3)")
+    parser.add_argument("--rows", type=int, default=1, help="sequences (DPO: pairs) per step (1)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of all cases (1)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
@@ -129,6 +138,7 @@ def main() -> None:
         for case in cases:
             command = [sys.executable, __file__, "--child", "/".join(case), "--shape", args.shape,
                        "--seq-len", str(args.seq_len), "--steps", str(args.steps),
+                       "--rows", str(args.rows),
                        "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
             output = subprocess.run(command, capture_output=True, text=True, check=True)
             runs[case].append(json.loads(output.stdout.strip().splitlines()[-1]))
@@ -136,7 +146,7 @@ def main() -> None:
     rows = []
     for results in runs.values():
         row = dict(results[0])
-        for key in ("step_s", "tokens_per_s", "peak_rss_mib", "setup_rss_mib"):
+        for key in ("step_s", "tokens_per_s", "peak_rss_mib", "setup_rss_mib", "training_mib"):
             row[key] = statistics.median(r[key] for r in results)
         rows.append(row)
     full = {r["precision"]: r for r in rows if r["peft"] == "none" and r["objective"] == "sft"}
@@ -145,17 +155,19 @@ def main() -> None:
         baseline = full.get(row["precision"])
         if baseline:
             row["peak_vs_full"] = row["peak_rss_mib"] / baseline["peak_rss_mib"]
+            row["training_vs_full"] = row["training_mib"] / baseline["training_mib"]
             row["speed_vs_full"] = row["tokens_per_s"] / baseline["tokens_per_s"]
         if row["objective"] == "dpo" and row["precision"] in sft_lora:
             row["step_vs_sft"] = row["step_s"] / sft_lora[row["precision"]]["step_s"]
     from bench.common import print_table, write_json
 
     print_table(rows, ["objective", "peft", "precision", "trainable_params", "tokens_per_s",
-                       "step_s", "peak_rss_mib", "peak_vs_full", "speed_vs_full",
-                       "step_vs_sft"])  # fmt: skip
+                       "step_s", "peak_rss_mib", "training_mib", "peak_vs_full",
+                       "training_vs_full", "speed_vs_full", "step_vs_sft"])  # fmt: skip
     name = "finetune" if args.device == "cpu" else f"finetune-{args.device}"
     settings = {"shape": args.shape, "seq_len": args.seq_len, "steps": args.steps,
-                "rounds": args.rounds, "device": args.device, "threads": args.threads}  # fmt: skip
+                "rounds": args.rounds, "rows": args.rows, "device": args.device,
+                "threads": args.threads}  # fmt: skip
     print(f"wrote {write_json(name, {'settings': settings, 'results': rows}, args.out)}")
 
 
