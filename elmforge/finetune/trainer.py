@@ -401,12 +401,13 @@ class _Run:
 
 
 def write_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
-    """Apple's layout (config.json + model.safetensors) with the tokenizer and chat template.
+    """Apple's layout (config.json + model.safetensors), completed by the export stage's
+    ``complete_model_dir``: tokenizer files, generation config and Apple's chat template (the
+    template fine-tuning renders conversations with, whatever the tokenizer carried)."""
+    from elmforge.data.chat import APPLE_CHAT_TEMPLATE
+    from elmforge.export.prepare import complete_model_dir
 
-    To be replaced by ``elmforge.export.prepare.complete_model_dir`` once it is on main.
-    """
-    from elmforge.data.chat import ensure_chat_template
-
-    ckpt.save_model_dir(
-        model.config, model.state_dict(), directory, ensure_chat_template(tokenizer)
+    ckpt.save_model_dir(model.config, model.state_dict(), directory)
+    complete_model_dir(
+        directory, tokenizer, chat_template=APPLE_CHAT_TEMPLATE, require_tokenizer=True
     )
