@@ -13,7 +13,7 @@ EPILOG = """examples:
   elmforge evaluate apple/OpenELM-270M --tokenizer llama2-tokenizer.model --suite openllm
   elmforge evaluate MODEL --tasks arc_easy,piqa --data-dir ../shared/data/eval --out runs/eval/x
   elmforge evaluate MODEL --perplexity builtin:python-docs --split validation
-  elmforge evaluate MODEL --adapter runs/sft-lora/adapter --suite llm-adapters \
+  elmforge evaluate MODEL --adapter runs/sft-lora/adapter --suite llm-adapters \\
       --data-dir ../shared/data/commonsense --limit 200
   elmforge evaluate --compare runs/eval/a/results.json runs/eval/b/results.json
 """
@@ -37,6 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_model_flags(p, model_required=False)
+    p.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="a PEFT LoRA/DoRA adapter directory for MODEL, merged in at load (no merge step)",
+    )
     what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--suite",
@@ -112,10 +117,15 @@ def run(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         out_dir=out,
     )
-    load_and_evaluate(args.model, request, **load_options(args))
+    load_and_evaluate(args.model, request, **evaluate_load_options(args))
     print((out / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out / 'results.json'}")
     return 0
+
+
+def evaluate_load_options(args: argparse.Namespace) -> dict:
+    """The model flags' loader keywords plus ``--adapter``."""
+    return {**load_options(args), "adapter": args.adapter}
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
@@ -124,9 +134,9 @@ def _output_dir(args: argparse.Namespace) -> Path:
 
 def run_llm_adapters(args: argparse.Namespace) -> int:
     """``--suite llm-adapters``: elmforge.evaluate.llm_adapters on the loaded model (+ adapter)."""
-    from elmforge.cli.options import load_model_from_args
     from elmforge.evaluate.harness import model_label
     from elmforge.evaluate.llm_adapters import available_tasks, evaluate_llm_adapters
+    from elmforge.infer.loading import load
 
     if not args.data_dir:
         raise ElmforgeError(
@@ -134,7 +144,7 @@ def run_llm_adapters(args: argparse.Namespace) -> int:
             "layout; ../shared/data/commonsense in a checkout)"
         )
     tasks = available_tasks(args.data_dir)  # before the slow model load
-    loaded = load_model_from_args(args)
+    loaded = load(args.model, **evaluate_load_options(args))
     out = _output_dir(args)
     evaluate_llm_adapters(loaded.model, loaded.tokenizer, args.data_dir, tasks=tasks,
                           limit=args.limit, batch_size=args.batch_size, out_dir=out,

@@ -19,7 +19,7 @@ from elmforge.infer.loading import DTYPE_CHOICES
 
 
 def add_model_flags(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
-    """MODEL, --tokenizer, --device, --dtype, --adapter."""
+    """MODEL, --tokenizer, --device, --dtype."""
     p.add_argument(
         "model",
         metavar="MODEL",
@@ -42,21 +42,11 @@ def add_model_flags(p: argparse.ArgumentParser, *, model_required: bool = True) 
         choices=DTYPE_CHOICES,
         help="weights dtype (auto: float32 on the CPU, bfloat16 on a GPU)",
     )
-    p.add_argument(
-        "--adapter",
-        metavar="DIR",
-        help="a PEFT LoRA/DoRA adapter directory for MODEL, merged in at load (no merge step)",
-    )
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
     """The keywords of :func:`elmforge.infer.loading.load` that the model flags give."""
-    return {
-        "tokenizer": args.tokenizer,
-        "device": args.device,
-        "dtype": args.dtype,
-        "adapter": args.adapter,
-    }
+    return {"tokenizer": args.tokenizer, "device": args.device, "dtype": args.dtype}
 
 
 def load_model_from_args(args: argparse.Namespace) -> Any:
