@@ -63,5 +63,7 @@ def test_bad_command_line_is_one_clean_line(verb, model, flags, mentions, dirs, 
                                             busy_port, tmp_path):  # fmt: skip
     names = {**dirs, "model": model_dir, "missing": tmp_path / "missing", "busy_port": busy_port}
     args = [verb, model.format(**names), *(flag.format(**names) for flag in flags)]
+    if verb == "serve" and "--port" not in flags:
+        args += ["--port", "0"]  # never depend on the default port being free
     proc = run_elmforge(*args, input="", timeout=300)
     assert_clean_error(proc, *(m.format(**names) for m in mentions))
