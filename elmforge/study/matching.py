@@ -93,24 +93,35 @@ def _uniform_shape(
     return shape
 
 
+def check_layer_wise(name: str, shape: dict[str, Any] | None = None) -> OpenELMConfig:
+    """The LWS arm's config; ConfigError if it is already uniform (nothing to compare)."""
+    lws = OpenELMConfig.from_name(name, **(shape or {}))
+    if is_uniform(lws):
+        raise ConfigError(
+            f"model: {name} with this shape is already uniform ({lws.num_query_heads[0]} query "
+            f"heads and FFN width {lws.ffn_dims()[0]} in every layer); a study compares a "
+            "layer-wise scaled model with a uniform one: give the multipliers as (min, max) "
+            "pairs, e.g. --set model.shape.ffn_multipliers=[0.5,4.0]"
+        )
+    return lws
+
+
 def match_uniform(
     name: str,
     shape: dict[str, Any] | None = None,
     tolerance: float = DEFAULT_TOLERANCE,
+    vocab_size: int | None = None,
 ) -> UniformMatch:
     """Solve the uniform arm for the LWS model ``OpenELMConfig.from_name(name, **shape)``.
 
-    Raises ConfigError when the model is already uniform, or when no uniform shape comes within
-    ``tolerance`` of its parameter count.
+    ``vocab_size`` (the rows a run gives the embedding for its tokenizer) counts in the totals
+    but stays out of the returned shape. Raises ConfigError when the model is already uniform,
+    or when no uniform shape comes within ``tolerance`` of its parameter count.
     """
     base = copy.deepcopy(shape or {})
-    lws = OpenELMConfig.from_name(name, **base)
-    if is_uniform(lws):
-        raise ConfigError(
-            f"model: {name} with this shape is already uniform ({lws.num_query_heads[0]} query "
-            f"heads and FFN width {lws.ffn_dims()[0]} in every layer); give layer-wise scaling "
-            "as (min, max) pairs, e.g. model.shape.ffn_multipliers=[0.5,4.0]"
-        )
+    counted = {**base, "vocab_size": vocab_size} if vocab_size is not None else base
+    check_layer_wise(name, counted)
+    lws = OpenELMConfig.from_name(name, **counted)
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance: {tolerance} must be between 0 and 1 (0.01 is 1%)")
     target = lws.num_parameters_total()
@@ -120,7 +131,7 @@ def match_uniform(
     ffn_mean = sum(lws.ffn_dims()) / lws.num_transformer_layers
 
     def build(ffn_dim: int, divisor: int) -> OpenELMConfig:
-        uniform_shape = _uniform_shape(base, lws, heads, ffn_dim, divisor)
+        uniform_shape = _uniform_shape(counted, lws, heads, ffn_dim, divisor)
         return OpenELMConfig.from_name(name, **uniform_shape)
 
     closest: tuple[float, int, int] | None = None
@@ -144,8 +155,8 @@ def match_uniform(
         raise ConfigError(
             f"model: no uniform shape comes within {tolerance:.1%} of the layer-wise scaled "
             f"model's {target:,} parameters: with {heads} query heads in each of "
-            f"{lws.num_transformer_layers} layers (the mean {mean_heads:.2f}, rounded to "
-            f"{groups} GQA groups), the closest FFN width is {width} (a multiple of "
+            f"{lws.num_transformer_layers} layers (the LWS mean {mean_heads:.2f}, rounded to a "
+            f"multiple of {groups} GQA groups), the closest FFN width is {width} (a multiple of "
             f"{at_divisor}; the LWS mean is {ffn_mean:.0f}), {gap:+.2%} parameters; "
             "change model_dim, head_dim or num_transformer_layers"
         )

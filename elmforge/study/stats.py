@@ -119,3 +119,32 @@ def paired_difference(
         raise ValueError(f"paired_difference: {len(a)} values against {len(b)}")
     summary = summarize([x - y for x, y in zip(a, b)])
     return _difference("paired", summary.mean, summary.sem, summary.n - 1 or None, confidence)
+
+
+def ratio_summary(
+    numerators: Sequence[float], denominators: Sequence[float], confidence: float = CONFIDENCE
+) -> Summary:
+    """``sum(numerators) / sum(denominators)`` with a t interval over the ``m`` pairs.
+
+    The per-token loss of a document set is such a ratio (summed negative log-likelihood over
+    predicted tokens); documents differ in length, so the standard error is the ratio
+    estimator's (linearised, "cluster-robust"): sqrt(m/(m-1) * sum((y_i - r x_i)^2)) / sum(x_i),
+    with m - 1 degrees of freedom. With ``numerators`` the per-document differences of two
+    models' summed losses it gives the paired difference on the same documents.
+    """
+    if len(numerators) != len(denominators):
+        raise ValueError(
+            f"ratio_summary: {len(numerators)} numerators, {len(denominators)} denominators"
+        )
+    total = math.fsum(denominators)
+    if not numerators or total <= 0:
+        raise ValueError("ratio_summary: nothing to average")
+    m = len(numerators)
+    ratio = math.fsum(numerators) / total
+    if m < 2:
+        return Summary(n=m, mean=ratio, std=None, sem=None, ci95=None)
+    residual = math.fsum((y - ratio * x) ** 2 for y, x in zip(numerators, denominators))
+    sem = math.sqrt(m / (m - 1) * residual) / total
+    half = t_quantile(m - 1, confidence) * sem
+    std = sem * math.sqrt(m)
+    return Summary(n=m, mean=ratio, std=std, sem=sem, ci95=(ratio - half, ratio + half))

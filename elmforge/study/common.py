@@ -1,0 +1,123 @@
+"""What the single-run studies (``averaging``, ``tokens``) share: the run they read, the
+held-out documents of its sources, their output directory and score cache."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from elmforge.errors import CheckpointError, ConfigError, ElmforgeError
+from elmforge.files import OUTPUT_MARKER, atomic_write_json, claim_output, output_verb
+from elmforge.study.evaluation import (
+    EvalSettings,
+    EvaluationCache,
+    check_zero_shot_request,
+    heldout_texts,
+    settings_for,
+)
+
+CACHE_FILE = "evaluations.json"
+
+
+def claim_study_dir(out_dir: Path, verb: str, restart: bool = False) -> None:
+    """Make ``out_dir`` this study's: an earlier output of the same study is resumed (or, with
+    ``restart``, removed first); anything else follows :func:`elmforge.files.claim_output`."""
+    if output_verb(out_dir) == verb:
+        if not restart:
+            return
+        shutil.rmtree(out_dir)
+    claim_output(out_dir, verb)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_dir / OUTPUT_MARKER, {"verb": verb})
+
+
+@dataclass
+class RunStudy:
+    """A run directory opened for a study, with the documents and cache its scores use."""
+
+    run_dir: Path
+    out_dir: Path
+    config: Any  # RunConfig
+    settings: EvalSettings
+    cache: EvaluationCache
+    verb: str = ""
+    _texts: list[str] = field(default_factory=list)
+
+    def claim(self, force: bool) -> None:
+        """Take the output directory (after every check on the input has passed)."""
+        claim_study_dir(self.out_dir, self.verb)
+        if force:
+            self.cache.entries.clear()
+
+    @property
+    def texts(self) -> list[str]:
+        if not self._texts:
+            try:
+                sources = self.config.data.sources_for("validation")
+            except ConfigError as err:
+                raise ConfigError(f"{self.run_dir / 'config.yaml'}: {err}") from None
+            self._texts = heldout_texts(sources, self.settings.documents)
+        return self._texts
+
+
+def open_run_study(
+    run_dir: str | Path,
+    name: str,
+    out_dir: str | Path | None,
+    documents: int,
+    data_dir: str | None,
+    tasks: Sequence[str] | None,
+    limit: int | None,
+) -> RunStudy:
+    """Check the run and the request (cheap); :meth:`RunStudy.claim` then takes the output."""
+    from elmforge.train.config import RunConfig
+    from elmforge.train.run_dir import RunDir, is_run_dir
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ElmforgeError(f"{run_dir}: no such run directory")
+    if not is_run_dir(run_dir):
+        raise ElmforgeError(
+            f"{run_dir}: not a run directory (no config.yaml with checkpoints/ or metrics.jsonl)"
+        )
+    if documents < 1:
+        raise ElmforgeError(f"--eval-documents {documents}: must be at least 1")
+    if limit is not None and limit < 1:
+        raise ElmforgeError(f"--limit {limit}: must be at least 1")
+    config = RunConfig.from_yaml(RunDir(run_dir).config)
+    settings = settings_for(config.seq_len, documents, data_dir, tasks, limit)
+    check_zero_shot_request(settings)
+    if not RunDir(run_dir).checkpoints.is_dir():
+        raise CheckpointError(f"{run_dir}: no checkpoints/ to study")
+    out = Path(out_dir) if out_dir is not None else run_dir / f"study-{name}"
+    return RunStudy(run_dir, out, config, settings, EvaluationCache(out / CACHE_FILE), f"study {name}")
+
+
+def intact_checkpoints(run_dir: Path, report: Any = print) -> list[Path]:
+    """The run's ``step-*`` checkpoints whose manifest checks out, oldest first."""
+    from elmforge.train.checkpoint import list_checkpoints, verify_checkpoint
+
+    good = []
+    for path in list_checkpoints(run_dir):
+        try:
+            verify_checkpoint(path)
+        except CheckpointError as err:
+            report(f"skipping {path.name}: {err}")
+            continue
+        good.append(path)
+    return good
+
+
+def trainer_tokens(checkpoint: Path) -> int | None:
+    """Tokens the run had seen at a checkpoint (its trainer_state.json)."""
+    import json
+
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    tokens = state.get("tokens")
+    return int(tokens) if isinstance(tokens, (int, float)) else None
