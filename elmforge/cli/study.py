@@ -97,28 +97,25 @@ def run_lws(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval_options(args: argparse.Namespace) -> dict:
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    return {
-        "documents": args.eval_documents,
-        "data_dir": args.data_dir,
-        "tasks": tasks,
-        "limit": args.limit,
-        "out_dir": args.out,
-        "force": args.force,
-        "command": _command(),
-    }
+def _study_options(args: argparse.Namespace):
+    from elmforge.study.common import StudyOptions
+
+    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
+    return StudyOptions(
+        documents=args.eval_documents, data_dir=args.data_dir, tasks=tasks or None,
+        limit=args.limit, out_dir=args.out, force=args.force, command=_command(),
+    )  # fmt: skip
 
 
 def run_averaging(args: argparse.Namespace) -> int:
     from elmforge.study.averaging import run_averaging_study
 
-    run_averaging_study(args.run_dir, last=args.last, **_eval_options(args))
+    run_averaging_study(args.run_dir, last=args.last, options=_study_options(args))
     return 0
 
 
 def run_tokens(args: argparse.Namespace) -> int:
     from elmforge.study.tokens import run_tokens_study
 
-    run_tokens_study(args.run_dir, **_eval_options(args))
+    run_tokens_study(args.run_dir, options=_study_options(args))
     return 0

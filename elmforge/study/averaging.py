@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write_json, atomic_write_text
-from elmforge.study.common import intact_checkpoints, open_run_study, trainer_tokens
+from elmforge.study.common import (
+    StudyOptions,
+    intact_checkpoints,
+    open_run_study,
+    trainer_tokens,
+)
 from elmforge.study.evaluation import evaluate_model_dir, public, weights_sha256
 from elmforge.study.stats import ratio_summary
 
@@ -56,13 +61,7 @@ def _entry(kind: str, label: str, step: int | None, tokens: int | None, scores: 
 def run_averaging_study(
     run_dir: str | Path,
     last: int = 5,
-    documents: int = 200,
-    data_dir: str | None = None,
-    tasks: Sequence[str] | None = None,
-    limit: int | None = None,
-    out_dir: str | Path | None = None,
-    force: bool = False,
-    command: str | None = None,
+    options: StudyOptions | None = None,
     report: Report = print,
 ) -> dict[str, Any]:
     """Score the last ``last`` checkpoints, their average and the final model; write the report."""
@@ -73,14 +72,15 @@ def run_averaging_study(
 
     if last < 2:
         raise ElmforgeError(f"--last {last}: averaging needs at least 2 checkpoints")
-    study = open_run_study(run_dir, "averaging", out_dir, documents, data_dir, tasks, limit)
+    options = options or StudyOptions()
+    study = open_run_study(run_dir, "averaging", options)
     checkpoints = intact_checkpoints(study.run_dir, report)[-last:]
     if len(checkpoints) < last:
         raise CheckpointError(
             f"{study.run_dir}: {len(checkpoints)} intact checkpoint(s) under checkpoints/, "
             f"--last {last} asked for (set checkpoint.keep_last to at least {last} when training)"
         )
-    study.claim(force)
+    study.claim(options.force)
     texts, settings, cache = study.texts, study.settings, study.cache
     scores: dict[str, dict[str, Any]] = {}
     entries = []
@@ -140,8 +140,8 @@ def run_averaging_study(
     accuracy = {k: s["zero_shot"]["mean"] for k, s in scores.items() if s.get("zero_shot")}
     if "average" in accuracy and "final" in accuracy:
         result["zero_shot_average_minus_final"] = accuracy["average"] - accuracy["final"]
-    if command:
-        result["command"] = command
+    if options.command:
+        result["command"] = options.command
     title = f"{study.run_dir.name}: {result['conclusion']}"
     plot_averaging(entries, _wrap(title), study.out_dir / "averaging.png")
     atomic_write_json(study.out_dir / "report.json", result)

@@ -4,7 +4,6 @@ held-out documents of its sources, their output directory and score cache."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,26 @@ def claim_study_dir(out_dir: Path, verb: str, restart: bool = False) -> None:
     claim_output(out_dir, verb)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out_dir / OUTPUT_MARKER, {"verb": verb})
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """What a single-run study scores and where it writes (the CLI's flags)."""
+
+    documents: int = 200
+    """Held-out documents scored per model."""
+    data_dir: str | None = None
+    """Benchmark files: also score zero-shot tasks."""
+    tasks: tuple[str, ...] | None = None
+    """Tasks with ``data_dir`` (None: the zero-shot suite)."""
+    limit: int | None = None
+    """Examples per task (None: all)."""
+    out_dir: str | Path | None = None
+    """Report directory (None: ``RUN_DIR/study-NAME``)."""
+    force: bool = False
+    """Score every model again instead of using the cache."""
+    command: str | None = None
+    """The command line, recorded in the report."""
 
 
 @dataclass
@@ -63,15 +82,7 @@ class RunStudy:
         return self._texts
 
 
-def open_run_study(
-    run_dir: str | Path,
-    name: str,
-    out_dir: str | Path | None,
-    documents: int,
-    data_dir: str | None,
-    tasks: Sequence[str] | None,
-    limit: int | None,
-) -> RunStudy:
+def open_run_study(run_dir: str | Path, name: str, options: StudyOptions) -> RunStudy:
     """Check the run and the request (cheap); :meth:`RunStudy.claim` then takes the output."""
     from elmforge.train.config import RunConfig
     from elmforge.train.run_dir import RunDir, is_run_dir
@@ -83,17 +94,21 @@ def open_run_study(
         raise ElmforgeError(
             f"{run_dir}: not a run directory (no config.yaml with checkpoints/ or metrics.jsonl)"
         )
-    if documents < 1:
-        raise ElmforgeError(f"--eval-documents {documents}: must be at least 1")
-    if limit is not None and limit < 1:
-        raise ElmforgeError(f"--limit {limit}: must be at least 1")
+    if options.documents < 1:
+        raise ElmforgeError(f"--eval-documents {options.documents}: must be at least 1")
+    if options.limit is not None and options.limit < 1:
+        raise ElmforgeError(f"--limit {options.limit}: must be at least 1")
     config = RunConfig.from_yaml(RunDir(run_dir).config)
-    settings = settings_for(config.seq_len, documents, data_dir, tasks, limit)
+    settings = settings_for(
+        config.seq_len, options.documents, options.data_dir, options.tasks, options.limit
+    )
     check_zero_shot_request(settings)
     if not RunDir(run_dir).checkpoints.is_dir():
         raise CheckpointError(f"{run_dir}: no checkpoints/ to study")
-    out = Path(out_dir) if out_dir is not None else run_dir / f"study-{name}"
-    return RunStudy(run_dir, out, config, settings, EvaluationCache(out / CACHE_FILE), f"study {name}")
+    out = Path(options.out_dir) if options.out_dir is not None else run_dir / f"study-{name}"
+    return RunStudy(
+        run_dir, out, config, settings, EvaluationCache(out / CACHE_FILE), f"study {name}"
+    )
 
 
 def intact_checkpoints(run_dir: Path, report: Any = print) -> list[Path]:

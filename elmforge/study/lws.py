@@ -20,11 +20,12 @@ over).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ from elmforge.train.config import RunConfig
 VERB = "study lws"
 PLAN_FILE = "study.json"
 PLAN_FORMAT = "elmforge-study-lws-1"
+LOCK_FILE = ".lock"
 ARMS = ("lws", "uniform")
 Report = Callable[[str], None]
 
@@ -189,11 +191,6 @@ def run_lws_study(
     command: str | None = None,
 ) -> dict[str, Any]:
     """Plan, train (resuming), score and report; returns the report (``report.json``)."""
-    from elmforge.data.tokenizer_choice import resolve_tokenizer
-    from elmforge.study.report import write_lws_report
-    from elmforge.study.runner import Job, run_jobs
-    from elmforge.train.loop import build_model_config
-
     out_dir = Path(out_dir)
     base = config.run_config()
     # Cheap checks first: nothing is created for a config that cannot be studied.
@@ -202,6 +199,37 @@ def run_lws_study(
         settings_for(base.seq_len, 1, config.study.data_dir, config.study.tasks, config.study.limit)
     )
     created = _prepare_directory(out_dir, force)
+    with _exclusive(out_dir):
+        return _run_study(config, out_dir, created, report, command)
+
+
+@contextlib.contextmanager
+def _exclusive(out_dir: Path) -> Iterator[None]:
+    """Hold the study directory's lock: two studies writing the same runs would corrupt them."""
+    import fcntl
+
+    with open(out_dir / LOCK_FILE, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ElmforgeError(
+                f"{out_dir}: another elmforge study is running in this directory"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _run_study(
+    config: LwsStudyConfig, out_dir: Path, created: bool, report: Report, command: str | None
+) -> dict[str, Any]:
+    from elmforge.data.tokenizer_choice import resolve_tokenizer
+    from elmforge.study.report import write_lws_report
+    from elmforge.study.runner import Job, run_jobs
+    from elmforge.train.loop import build_model_config
+
+    base = config.run_config()
     plan_path = out_dir / PLAN_FILE
     try:
         tokenizer, spec = resolve_tokenizer(base.data, out_dir / "tokenizer", report=report)

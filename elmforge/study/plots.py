@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -118,9 +117,13 @@ def plot_arm_profiles(configs: dict[str, Any], path: Path) -> Path:
                     [r.parameters / 1e3 for r in rows], width, color=color, label=label)  # fmt: skip
         axes[1].plot(layers, [r.query_heads for r in rows], "o-", color=color, label=arm)
         axes[2].plot(layers, [r.ffn_dim for r in rows], "s-", color=color, label=arm)
+    from matplotlib.ticker import MaxNLocator
+
     for ax, ylabel in zip(axes, ("parameters (thousands)", "query heads", "FFN width")):
         ax.set_xlabel("layer")
         ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle("per-layer allocation: layer-wise scaling against the matched uniform model")
@@ -200,10 +203,3 @@ def plot_tokens(
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
-
-
-def relative_to(path: Path, base: Path) -> str:
-    try:
-        return os.path.relpath(path, base)
-    except ValueError:
-        return str(path)

@@ -49,6 +49,16 @@ class _Running:
     log_handle: object
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the study process dies (even by SIGKILL), so
+    no orphaned run keeps writing a run directory that a resumed study trains again (Linux)."""
+    import contextlib
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def usable_cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -159,7 +169,7 @@ def run_jobs(jobs: Sequence[Job], slots: Sequence[dict[str, str]], report: Repor
                 env = {**os.environ, **job.env, **slots[slot]}
                 process = subprocess.Popen(
                     job.command, stdout=handle, stderr=subprocess.STDOUT, env=env,
-                    stdin=subprocess.DEVNULL,
+                    stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,
                 )  # fmt: skip
                 running.append(_Running(job, process, slot, time.monotonic(), handle))
                 report(f"[study] started {job.name} (log: {job.log})")

@@ -11,13 +11,18 @@ conservative).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write_json, atomic_write_text
 from elmforge.study.averaging import model_table, paired_loss_difference
-from elmforge.study.common import intact_checkpoints, open_run_study, trainer_tokens
+from elmforge.study.common import (
+    StudyOptions,
+    intact_checkpoints,
+    open_run_study,
+    trainer_tokens,
+)
 from elmforge.study.evaluation import evaluate_model_dir, public
 from elmforge.study.stats import t_quantile
 
@@ -57,13 +62,7 @@ def _in_run_curve(run_dir: Path) -> list[tuple[int, float]]:
 
 def run_tokens_study(
     run_dir: str | Path,
-    documents: int = 200,
-    data_dir: str | None = None,
-    tasks: Sequence[str] | None = None,
-    limit: int | None = None,
-    out_dir: str | Path | None = None,
-    force: bool = False,
-    command: str | None = None,
+    options: StudyOptions | None = None,
     report: Report = print,
 ) -> dict[str, Any]:
     """Score every intact checkpoint of the run; write the report, table and plot."""
@@ -71,11 +70,12 @@ def run_tokens_study(
     from elmforge.study.plots import plot_tokens
     from elmforge.train.checkpoint import checkpoint_step
 
-    study = open_run_study(run_dir, "tokens", out_dir, documents, data_dir, tasks, limit)
+    options = options or StudyOptions()
+    study = open_run_study(run_dir, "tokens", options)
     checkpoints = intact_checkpoints(study.run_dir, report)
     if not checkpoints:
         raise CheckpointError(f"{study.run_dir}: no intact checkpoint under checkpoints/")
-    study.claim(force)
+    study.claim(options.force)
     entries, scores = [], []
     for path in checkpoints:
         result = evaluate_model_dir(
@@ -104,8 +104,8 @@ def run_tokens_study(
         result["loss_last_minus_first"] = loss
         result["accuracy_last_minus_first"] = accuracy_change(scores[0], scores[-1])
         result["conclusion"] = _conclusion(entries, loss, result["accuracy_last_minus_first"])
-    if command:
-        result["command"] = command
+    if options.command:
+        result["command"] = options.command
     title = f"{study.run_dir.name}: held-out loss and zero-shot accuracy against tokens seen"
     plot_tokens(entries, in_run, title, study.out_dir / "tokens.png")
     atomic_write_json(study.out_dir / "report.json", result)

@@ -68,9 +68,14 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path, bpe_tokenizer_dir, capsys)
     assert abs(uniform["parameters"] / lws["parameters"] - 1) <= 0.01
     for entry in (lws, uniform):
         model = entry["config"]
-        built = OpenELMConfig.from_name(model["name"], **model["shape"], vocab_size=model["vocab_size"])
+        built = OpenELMConfig.from_name(
+            model["name"], **model["shape"], vocab_size=model["vocab_size"]
+        )
         assert built.num_parameters_total() == entry["parameters"]
-    assert len(set(OpenELMConfig.from_name("OpenELM-micro", **uniform["config"]["shape"]).ffn_dims())) == 1
+    assert (
+        len(set(OpenELMConfig.from_name("OpenELM-micro", **uniform["config"]["shape"]).ffn_dims()))
+        == 1
+    )
 
     # -- the arms share data, tokens and schedule: their resolved configs differ only in shape ----
     for seed in (0, 1):
@@ -78,13 +83,19 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path, bpe_tokenizer_dir, capsys)
                    for arm in ("lws", "uniform")]  # fmt: skip
         shapes = [c["model"].pop("shape") for c in configs]
         assert configs[0] == configs[1]
-        assert set(shapes[0]) ^ set(shapes[1]) <= {"qkv_multipliers", "ffn_multipliers", "ffn_dim_divisor"}
+        assert set(shapes[0]) ^ set(shapes[1]) <= {
+            "qkv_multipliers",
+            "ffn_multipliers",
+            "ffn_dim_divisor",
+        }
         assert configs[0]["seed"] == configs[0]["data"]["seed"] == seed
         assert configs[0]["data"]["tokenizer"] == str(bpe_tokenizer_dir.resolve())
         run_configs = [RunConfig.from_dict({**c, "model": {**c["model"], "shape": s}})
                        for c, s in zip(configs, shapes)]  # fmt: skip
         tokenizer = load_tokenizer(bpe_tokenizer_dir)
-        assert _first_batches(run_configs[0], tokenizer) == _first_batches(run_configs[1], tokenizer)
+        assert _first_batches(run_configs[0], tokenizer) == _first_batches(
+            run_configs[1], tokenizer
+        )
 
     # -- re-running resumes: nothing is trained or scored again ------------------------------------
     runs_before = tree_snapshot(out / "runs")

@@ -67,7 +67,10 @@ def test_paper_presets_keep_the_attention_share_and_layer_budget():
 def test_vocabulary_counts_but_stays_out_of_the_shape():
     match = match_uniform("OpenELM-tiny", {}, vocab_size=4096)
     assert "vocab_size" not in match.shape
-    assert match.lws_parameters == OpenELMConfig.from_name("OpenELM-tiny", vocab_size=4096).num_parameters_total()
+    assert (
+        match.lws_parameters
+        == OpenELMConfig.from_name("OpenELM-tiny", vocab_size=4096).num_parameters_total()
+    )
 
 
 def test_tighter_tolerance_is_honoured_or_refused():
@@ -87,3 +90,15 @@ def test_a_budget_no_uniform_shape_can_match_is_refused():
     shape = {"model_dim": 32, "head_dim": 8, "qkv_multipliers": [0.5, 2.0]}
     with pytest.raises(ConfigError, match=r"no uniform shape comes within 1\.0%.*35,520"):
         match_uniform("OpenELM-micro", shape, vocab_size=384)
+
+
+@pytest.mark.parametrize("config", ["lws-cpu.yaml", "lws-270m.yaml"])
+def test_shipped_study_configs_load_and_match(config):
+    from elmforge.study.config import DEFAULT_LWS_CONFIG, LwsStudyConfig
+
+    study = LwsStudyConfig.load(DEFAULT_LWS_CONFIG.parent / config)
+    run = study.run_config()
+    vocab = 4096 if run.data.tokenizer == "bpe" else 32000
+    match = match_uniform(run.model.name, run.model.shape, study.study.tolerance, vocab)
+    assert abs(match.relative_gap) <= study.study.tolerance
+    assert study.study.seeds == 3

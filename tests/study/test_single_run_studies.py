@@ -8,6 +8,7 @@ import pytest
 
 from elmforge.evaluate.perplexity import perplexity
 from elmforge.study.averaging import run_averaging_study
+from elmforge.study.common import StudyOptions
 from elmforge.study.evaluation import heldout_texts, load_for_scoring
 from elmforge.study.tokens import run_tokens_study
 from elmforge.train.checkpoint import average_checkpoints, list_checkpoints, sha256_file
@@ -20,7 +21,8 @@ ENTRY_FIELDS = {"label", "tokens", "val_loss", "val_ppl", "val_loss_ci95", "bits
 def test_averaging_scores_checkpoints_average_and_final(tmp_path, micro_run_dir):
     lines: list[str] = []
     out = tmp_path / "averaging"
-    result = run_averaging_study(micro_run_dir, last=2, documents=2, out_dir=out, report=lines.append)
+    options = StudyOptions(documents=2, out_dir=out)
+    result = run_averaging_study(micro_run_dir, last=2, options=options, report=lines.append)
     labels = [m["label"] for m in result["models"]]
     assert labels == ["step-00000004", "step-00000006", "average of 2", "final (= step-00000006)"]
     for model in result["models"]:
@@ -44,19 +46,21 @@ def test_averaging_scores_checkpoints_average_and_final(tmp_path, micro_run_dir)
 
     # Checkpoints are keyed by their manifest's sha256, which is the file's.
     cache = json.loads((out / "evaluations.json").read_text())
-    assert any(k.startswith(sha256_file(checkpoints[0] / "model" / "model.safetensors")) for k in cache)
+    assert any(
+        k.startswith(sha256_file(checkpoints[0] / "model" / "model.safetensors")) for k in cache
+    )
     lines.clear()
-    run_averaging_study(micro_run_dir, last=2, documents=2, out_dir=out, report=lines.append)
+    run_averaging_study(micro_run_dir, last=2, options=options, report=lines.append)
     assert not [line for line in lines if line.startswith(("scoring", "averaging"))]
 
 
 @pytest.mark.slow
 def test_tokens_with_zero_shot_tasks(tmp_path, micro_run_dir):
     tasks_dir = write_task_dir(tmp_path / "tasks")
-    result = run_tokens_study(
-        micro_run_dir, documents=2, data_dir=str(tasks_dir), tasks=["arc_easy", "piqa"], limit=4,
-        report=lambda line: None,
-    )  # fmt: skip
+    options = StudyOptions(
+        documents=2, data_dir=str(tasks_dir), tasks=("arc_easy", "piqa"), limit=4
+    )
+    result = run_tokens_study(micro_run_dir, options=options, report=lambda line: None)
     checkpoints = result["checkpoints"]
     assert [c["step"] for c in checkpoints] == [2, 4, 6]
     assert [c["tokens"] for c in checkpoints] == [256, 512, 768]
