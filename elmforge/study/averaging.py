@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write_json, atomic_write_text
+from elmforge.study import Report, say
 from elmforge.study.common import (
     StudyOptions,
     intact_checkpoints,
@@ -24,8 +25,6 @@ from elmforge.study.common import (
 )
 from elmforge.study.evaluation import evaluate_model_dir, public, weights_sha256
 from elmforge.study.stats import ratio_summary
-
-Report = Callable[[str], None]
 
 
 def paired_loss_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +61,7 @@ def run_averaging_study(
     run_dir: str | Path,
     last: int = 5,
     options: StudyOptions | None = None,
-    report: Report = print,
+    report: Report = say,
 ) -> dict[str, Any]:
     """Score the last ``last`` checkpoints, their average and the final model; write the report."""
     from elmforge.errors import CheckpointError, ElmforgeError

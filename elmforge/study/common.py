@@ -10,6 +10,7 @@ from typing import Any
 
 from elmforge.errors import CheckpointError, ConfigError, ElmforgeError
 from elmforge.files import OUTPUT_MARKER, atomic_write_json, claim_output, output_verb
+from elmforge.study import Report, say
 from elmforge.study.evaluation import (
     EvalSettings,
     EvaluationCache,
@@ -111,7 +112,7 @@ def open_run_study(run_dir: str | Path, name: str, options: StudyOptions) -> Run
     )
 
 
-def intact_checkpoints(run_dir: Path, report: Any = print) -> list[Path]:
+def intact_checkpoints(run_dir: Path, report: Report = say) -> list[Path]:
     """The run's ``step-*`` checkpoints whose manifest checks out, oldest first."""
     from elmforge.train.checkpoint import list_checkpoints, verify_checkpoint
 

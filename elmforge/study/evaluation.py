@@ -24,11 +24,11 @@ from typing import Any
 
 from elmforge.errors import DataError, ElmforgeError
 from elmforge.files import atomic_write_json
+from elmforge.study import Report, say
 from elmforge.study.stats import ratio_summary
 
 # Windows of one document scored in one forward pass.
 WINDOWS_PER_BATCH = 8
-Report = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,7 @@ def evaluate_model_dir(
     texts: Sequence[str],
     settings: EvalSettings,
     cache: EvaluationCache,
-    report: Report = print,
+    report: Report = say,
     label: str | None = None,
 ) -> dict[str, Any]:
     """Scores of the model directory ``model_dir``, from ``cache`` when already scored."""

@@ -31,6 +31,7 @@ from typing import Any
 
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_write_json, output_verb
+from elmforge.study import Report, say
 from elmforge.study.config import LwsStudyConfig
 from elmforge.study.evaluation import (
     EvalSettings,
@@ -48,7 +49,6 @@ PLAN_FILE = "study.json"
 PLAN_FORMAT = "elmforge-study-lws-1"
 LOCK_FILE = ".lock"
 ARMS = ("lws", "uniform")
-Report = Callable[[str], None]
 
 
 def run_name(arm: str, seed: int) -> str:
@@ -187,7 +187,7 @@ def run_lws_study(
     config: LwsStudyConfig,
     out_dir: str | Path,
     force: bool = False,
-    report: Report = print,
+    report: Report = say,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Plan, train (resuming), score and report; returns the report (``report.json``)."""
@@ -279,7 +279,7 @@ def _run_study(
     return write_lws_report(out_dir, plan, evaluations, report, command)
 
 
-def score_run(out_dir: Path, plan: dict[str, Any], name: str, report: Report = print) -> dict:
+def score_run(out_dir: Path, plan: dict[str, Any], name: str, report: Report = say) -> dict:
     """The held-out scores of one run's final model (cached in ``evaluations/NAME.json``)."""
     run = next(r for r in plan["runs"] if r["name"] == name)
     config = RunConfig.from_dict(run["config"], source=f"{out_dir / PLAN_FILE}: {name}")

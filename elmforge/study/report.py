@@ -9,11 +9,11 @@ Welch's interval, and the paired-by-seed one), ``seeds``, ``conclusion`` and ``n
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write_json, atomic_write_text
+from elmforge.study import Report, say
 from elmforge.study.evaluation import public
 from elmforge.study.stats import Difference, paired_difference, summarize, welch_difference
 
@@ -23,7 +23,6 @@ ONE_SEED_NOTE = (
     "one seed per arm: a single run has no spread to measure, so there is no interval and no "
     "ranking; run with --seeds 2 or more (3 is the default)"
 )
-Report = Callable[[str], None]
 
 
 def _last(records: list[dict[str, Any]], key: str) -> Any:
@@ -101,7 +100,9 @@ def model_config(entry: dict[str, Any]) -> Any:
     from elmforge.model.config import OpenELMConfig
 
     model = entry["config"]
-    return OpenELMConfig.from_name(model["name"], **model["shape"], vocab_size=model["vocab_size"])
+    return OpenELMConfig.from_name(
+        model["name"], **{**model["shape"], "vocab_size": model["vocab_size"]}
+    )
 
 
 def build_lws_report(
@@ -228,7 +229,7 @@ def write_lws_report(
     out_dir: Path,
     plan: dict[str, Any],
     evaluations: dict[str, dict[str, Any]],
-    report: Report = print,
+    report: Report = say,
     command: str | None = None,
 ) -> dict[str, Any]:
     """Write report.json, report.md and the three plots into ``out_dir``; return the report."""

@@ -18,13 +18,13 @@ import signal
 import subprocess
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmforge.errors import ElmforgeError
+from elmforge.study import Report, say
 
-Report = Callable[[str], None]
 # Seconds between status lines (rate and ETA of every running job).
 STATUS_EVERY_S = 60.0
 TERMINATE_GRACE_S = 30.0
@@ -152,7 +152,7 @@ class _Progress:
         )
 
 
-def run_jobs(jobs: Sequence[Job], slots: Sequence[dict[str, str]], report: Report = print) -> None:
+def run_jobs(jobs: Sequence[Job], slots: Sequence[dict[str, str]], report: Report = say) -> None:
     """Run ``jobs`` with at most ``len(slots)`` at a time; raise on the first failure."""
     if not slots:
         raise ValueError("run_jobs: no slots")

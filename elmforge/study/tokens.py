@@ -11,11 +11,11 @@ conservative).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write_json, atomic_write_text
+from elmforge.study import Report, say
 from elmforge.study.averaging import model_table, paired_loss_difference
 from elmforge.study.common import (
     StudyOptions,
@@ -25,8 +25,6 @@ from elmforge.study.common import (
 )
 from elmforge.study.evaluation import evaluate_model_dir, public
 from elmforge.study.stats import t_quantile
-
-Report = Callable[[str], None]
 
 
 def accuracy_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | None:
@@ -63,7 +61,7 @@ def _in_run_curve(run_dir: Path) -> list[tuple[int, float]]:
 def run_tokens_study(
     run_dir: str | Path,
     options: StudyOptions | None = None,
-    report: Report = print,
+    report: Report = say,
 ) -> dict[str, Any]:
     """Score every intact checkpoint of the run; write the report, table and plot."""
     from elmforge.errors import CheckpointError
