@@ -64,20 +64,22 @@ def run_averaging_study(
     report: Report = say,
 ) -> dict[str, Any]:
     """Score the last ``last`` checkpoints, their average and the final model; write the report."""
-    from elmforge.errors import CheckpointError, ElmforgeError
+    from elmforge.errors import CheckpointError, OptionError
     from elmforge.study.plots import plot_averaging
     from elmforge.train.checkpoint import average_checkpoints, checkpoint_step
     from elmforge.train.run_dir import RunDir
 
     if last < 2:
-        raise ElmforgeError(f"--last {last}: averaging needs at least 2 checkpoints")
+        raise OptionError("last", f"{{option}} {last}: averaging needs at least 2 checkpoints")
     options = options or StudyOptions()
     study = open_run_study(run_dir, "averaging", options)
     checkpoints = intact_checkpoints(study.run_dir, report)[-last:]
     if len(checkpoints) < last:
         raise CheckpointError(
             f"{study.run_dir}: {len(checkpoints)} intact checkpoint(s) under checkpoints/, "
-            f"--last {last} asked for (set checkpoint.keep_last to at least {last} when training)"
+            f"{{option}} {last} asked for (set checkpoint.keep_last to at least {last} when "
+            "training)",
+            option="last",
         )
     study.claim(options.force)
     texts, settings, cache = study.texts, study.settings, study.cache

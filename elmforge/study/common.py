@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from elmforge.errors import CheckpointError, ConfigError, ElmforgeError
+from elmforge.errors import CheckpointError, ConfigError, ElmforgeError, OptionError
 from elmforge.files import OUTPUT_MARKER, atomic_write_json, claim_output, output_verb
 from elmforge.study import Report, say
 from elmforge.study.evaluation import (
@@ -96,9 +96,11 @@ def open_run_study(run_dir: str | Path, name: str, options: StudyOptions) -> Run
             f"{run_dir}: not a run directory (no config.yaml with checkpoints/ or metrics.jsonl)"
         )
     if options.documents < 1:
-        raise ElmforgeError(f"--eval-documents {options.documents}: must be at least 1")
+        raise OptionError(
+            "documents", f"{{option}} {options.documents}: must be at least 1", "--eval-documents"
+        )
     if options.limit is not None and options.limit < 1:
-        raise ElmforgeError(f"--limit {options.limit}: must be at least 1")
+        raise OptionError("limit", f"{{option}} {options.limit}: must be at least 1")
     config = RunConfig.from_yaml(RunDir(run_dir).config)
     settings = settings_for(
         config.seq_len, options.documents, options.data_dir, options.tasks, options.limit

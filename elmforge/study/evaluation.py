@@ -52,9 +52,22 @@ class EvalSettings:
             return None
         if self.tasks:
             return list(self.tasks)
-        from elmforge.evaluate.harness import SUITES
+        from elmforge.evaluate.suites import SUITES
 
         return list(SUITES["zero-shot"])
+
+    def zero_shot_request(self) -> Any:
+        """The lm-eval request of the zero-shot scores (None without a data dir); building it
+        checks the numbers and the data dir, ``check_tasks()`` the names and files."""
+        tasks = self.zero_shot_tasks()
+        if tasks is None:
+            return None
+        from elmforge.evaluate.harness import EvalRequest
+
+        return EvalRequest(
+            tasks=tasks, num_fewshot=0, limit=self.limit, data_dir=self.data_dir,
+            context_length=self.context_length,
+        )  # fmt: skip
 
 
 def settings_for(
@@ -78,12 +91,9 @@ def settings_for(
 
 def check_zero_shot_request(settings: EvalSettings) -> None:
     """Task names and local files checked before any training or loading (cheap)."""
-    tasks = settings.zero_shot_tasks()
-    if tasks is None:
-        return
-    from elmforge.evaluate.harness import validate_request
-
-    validate_request(tasks, None, 0, settings.limit, settings.data_dir, False, None)
+    request = settings.zero_shot_request()
+    if request is not None:
+        request.check_tasks()
 
 
 # -- held-out documents -------------------------------------------------------------------------
@@ -178,15 +188,14 @@ def score_documents(
 
 def zero_shot(model: Any, tokenizer: Any, settings: EvalSettings) -> dict[str, Any] | None:
     """Accuracy per task (lm-eval's headline metric: acc_norm where defined) and their mean."""
-    tasks = settings.zero_shot_tasks()
-    if tasks is None:
+    request = settings.zero_shot_request()
+    if request is None:
         return None
-    from elmforge.evaluate.harness import evaluate_model, headline_metric
+    from elmforge.evaluate.harness import evaluate_model
+    from elmforge.evaluate.suites import headline_metric
 
-    report = evaluate_model(
-        model, tokenizer, tasks=tasks, num_fewshot=0, limit=settings.limit,
-        data_dir=settings.data_dir, context_length=settings.context_length,
-    )  # fmt: skip
+    tasks = request.task_names
+    report = evaluate_model(model, tokenizer, request)
     per_task: dict[str, Any] = {}
     for task in tasks:
         result = report["results"].get(task, {})

@@ -25,7 +25,7 @@ def _config(tokenizer_dir, **study):
 
 
 def _first_batches(run_config, tokenizer, count=3):
-    from elmforge.data.pipeline import build_train_loader
+    from elmforge.data.loader import build_train_loader
 
     loader = build_train_loader(run_config.data, tokenizer, run_config.train.micro_batch_size)
     return [next(loader)["input_ids"].tolist() for _ in range(count)]
