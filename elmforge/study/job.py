@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
+    started = time.monotonic()
     try:
         run_planned(args.study_dir, args.run, args.threads)
     except ElmforgeError as err:
@@ -51,6 +54,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("elmforge study: interrupted", file=sys.stderr)
         return 130
+    # CPU time does not depend on how many other processes share the cores, wall time does:
+    # together they say how long the run takes on a machine of its own.
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        f"{args.run}: {usage.ru_utime + usage.ru_stime:.0f} CPU seconds in "
+        f"{time.monotonic() - started:.0f} s of wall time",
+        flush=True,
+    )
     return 0
 
 
