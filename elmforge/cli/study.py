@@ -72,6 +72,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--data-dir", metavar="DIR", help="also score zero-shot tasks from DIR")
         sub.add_argument("--tasks", metavar="A,B", help="tasks with --data-dir (zero-shot suite)")
         sub.add_argument("--limit", type=int, metavar="N", help="examples per task (all)")
+        sub.add_argument("--allow-split-fallback", action="store_true",
+                         help="a task whose evaluation split has no local file uses lm-eval's "
+                         "rule for a dataset without it")  # fmt: skip
         sub.add_argument("--force", action="store_true", help="score every model again")
         sub.set_defaults(run=run_averaging if name == "averaging" else run_tokens)
 
@@ -103,7 +106,8 @@ def _study_options(args: argparse.Namespace):
     tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
     return StudyOptions(
         documents=args.eval_documents, data_dir=args.data_dir, tasks=tasks or None,
-        limit=args.limit, out_dir=args.out, force=args.force, command=_command(),
+        limit=args.limit, allow_split_fallback=args.allow_split_fallback, out_dir=args.out,
+        force=args.force, command=_command(),
     )  # fmt: skip
 
 

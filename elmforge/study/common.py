@@ -46,6 +46,8 @@ class StudyOptions:
     """Tasks with ``data_dir`` (None: the zero-shot suite)."""
     limit: int | None = None
     """Examples per task (None: all)."""
+    allow_split_fallback: bool = False
+    """Where a task's evaluation split has no local file, use lm-eval's rule without it."""
     out_dir: str | Path | None = None
     """Report directory (None: ``RUN_DIR/study-NAME``)."""
     force: bool = False
@@ -103,8 +105,9 @@ def open_run_study(run_dir: str | Path, name: str, options: StudyOptions) -> Run
         raise OptionError("limit", f"{{option}} {options.limit}: must be at least 1")
     config = RunConfig.from_yaml(RunDir(run_dir).config)
     settings = settings_for(
-        config.seq_len, options.documents, options.data_dir, options.tasks, options.limit
-    )
+        config.seq_len, options.documents, options.data_dir, options.tasks, options.limit,
+        options.allow_split_fallback,
+    )  # fmt: skip
     check_zero_shot_request(settings)
     if not RunDir(run_dir).checkpoints.is_dir():
         raise CheckpointError(f"{run_dir}: no checkpoints/ to study")

@@ -41,6 +41,9 @@ class StudySection:
     """lm-eval tasks scored with ``data_dir`` (null: the paper's zero-shot suite)."""
     limit: int | None = None
     """Examples per task (null: every example of the local file)."""
+    allow_split_fallback: bool = False
+    """Where a task's evaluation split has no local file, use lm-eval's rule for a dataset
+    without it (as ``elmforge evaluate --allow-split-fallback``; recorded in the scores)."""
 
     def validate(self, where: str = "study") -> None:
         for key, value in (("seeds", self.seeds), ("eval_documents", self.eval_documents)):

@@ -41,9 +41,13 @@ class EvalSettings:
     data_dir: str | None = None
     tasks: tuple[str, ...] | None = None
     limit: int | None = None
+    allow_split_fallback: bool = False
 
     def key(self) -> str:
-        text = json.dumps(asdict(self), sort_keys=True)
+        values = asdict(self)
+        if not values["allow_split_fallback"]:  # keys written before the field existed hold
+            del values["allow_split_fallback"]
+        text = json.dumps(values, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def zero_shot_tasks(self) -> list[str] | None:
@@ -66,7 +70,7 @@ class EvalSettings:
 
         return EvalRequest(
             tasks=tasks, num_fewshot=0, limit=self.limit, data_dir=self.data_dir,
-            context_length=self.context_length,
+            context_length=self.context_length, allow_split_fallback=self.allow_split_fallback,
         )  # fmt: skip
 
 
@@ -76,6 +80,7 @@ def settings_for(
     data_dir: str | None = None,
     tasks: Sequence[str] | None = None,
     limit: int | None = None,
+    allow_split_fallback: bool = False,
 ) -> EvalSettings:
     """Windows of the training context, advancing by half of it (each prediction sees at least
     half a training sequence of context, as in training's second half of every sequence)."""
@@ -86,6 +91,7 @@ def settings_for(
         data_dir=str(Path(data_dir).resolve()) if data_dir is not None else None,
         tasks=tuple(tasks) if tasks else None,
         limit=limit,
+        allow_split_fallback=allow_split_fallback,
     )
 
 

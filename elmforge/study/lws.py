@@ -87,8 +87,9 @@ def build_plan(config: LwsStudyConfig, tokenizer_spec: str, vocab_size: int) -> 
             runs.append({"name": name, "arm": arm, "seed": base.seed + index,
                          "run_dir": f"runs/{name}", "config": resolved.to_dict()})  # fmt: skip
     settings = settings_for(
-        base.seq_len, study.eval_documents, study.data_dir, study.tasks, study.limit
-    )
+        base.seq_len, study.eval_documents, study.data_dir, study.tasks, study.limit,
+        study.allow_split_fallback,
+    )  # fmt: skip
     return {
         "format": PLAN_FORMAT,
         "study": dataclasses.asdict(study),
@@ -195,9 +196,11 @@ def run_lws_study(
     base = config.run_config()
     # Cheap checks first: nothing is created for a config that cannot be studied.
     check_layer_wise(base.model.name, base.model.shape)
+    study = config.study
     check_zero_shot_request(
-        settings_for(base.seq_len, 1, config.study.data_dir, config.study.tasks, config.study.limit)
-    )
+        settings_for(base.seq_len, 1, study.data_dir, study.tasks, study.limit,
+                     study.allow_split_fallback)
+    )  # fmt: skip
     created = _prepare_directory(out_dir, force)
     with _exclusive(out_dir):
         return _run_study(config, out_dir, created, report, command)
