@@ -62,3 +62,20 @@ def test_cache_scores_each_model_once(tmp_path, micro_run_dir):
         sha, settings_for(32, 5), lambda: calls.append(1) or {"val_loss": 2.5}
     )
     assert other == {"val_loss": 2.5} and len(calls) == 2
+
+
+def test_settings_key_and_zero_shot_request(tmp_path):
+    plain = settings_for(32, 4)
+    assert plain.zero_shot_request() is None  # no data dir: no tasks
+    with_data = settings_for(32, 4, data_dir=str(tmp_path), limit=3)
+    request = with_data.zero_shot_request()
+    assert request.task_names == ["arc_challenge", "arc_easy", "boolq", "hellaswag", "piqa",
+                                  "sciq", "winogrande"]  # fmt: skip
+    assert (request.num_fewshot, request.limit, request.context_length) == (0, 3, 32)
+    assert not request.allow_split_fallback
+    fallback = settings_for(32, 4, data_dir=str(tmp_path), allow_split_fallback=True)
+    assert fallback.zero_shot_request().allow_split_fallback
+    # Every setting is in the key; the fallback only when set, so older caches stay valid.
+    keys = {s.key() for s in (plain, with_data, fallback, settings_for(32, 4, tasks=["piqa"]))}
+    assert len(keys) == 4
+    assert settings_for(32, 4, allow_split_fallback=False).key() == plain.key()
