@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,34 +22,15 @@ from elmforge.study.common import (
     open_run_study,
     trainer_tokens,
 )
+from elmforge.study.compare import (
+    accuracy_difference,
+    accuracy_sentence,
+    model_table,
+    paired_loss_difference,
+    verdict,
+    zero_shot_table,
+)
 from elmforge.study.evaluation import evaluate_model_dir, public, weights_sha256
-from elmforge.study.stats import ratio_summary
-
-
-def paired_loss_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Loss of ``a`` minus loss of ``b`` on the same documents, with its 95% interval."""
-    numerators = [x - y for x, y in zip(a["document_nll"], b["document_nll"])]
-    summary = ratio_summary(numerators, a["document_tokens"])
-    return {
-        "difference": summary.mean,
-        "ci95": list(summary.ci95) if summary.ci95 else None,
-        "documents": summary.n,
-    }
-
-
-def verdict(difference: dict[str, Any], subject: str, reference: str) -> str:
-    """One sentence: which model is lower, and whether the interval excludes 0."""
-    d, ci = difference["difference"], difference["ci95"]
-    interval = (
-        f"{d:+.4f} nats (95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] over {difference['documents']} documents)"
-        if ci
-        else f"{d:+.4f} nats"
-    )
-    if ci and ci[1] < 0:
-        return f"The {subject} has a lower validation loss than the {reference}: {interval}."
-    if ci and ci[0] > 0:
-        return f"The {subject} has a higher validation loss than the {reference}: {interval}."
-    return f"The {subject} and the {reference} cannot be told apart: {interval}."
 
 
 def _entry(kind: str, label: str, step: int | None, tokens: int | None, scores: dict) -> dict:
@@ -138,9 +118,9 @@ def run_averaging_study(
         "evaluation": _settings_dict(settings),
         "plots": {"averaging": "averaging.png"},
     }
-    accuracy = {k: s["zero_shot"]["mean"] for k, s in scores.items() if s.get("zero_shot")}
-    if "average" in accuracy and "final" in accuracy:
-        result["zero_shot_average_minus_final"] = accuracy["average"] - accuracy["final"]
+    accuracy = accuracy_difference(scores["average"], scores["final"])
+    if accuracy is not None:
+        result["zero_shot_average_minus_final"] = accuracy
     if options.command:
         result["command"] = options.command
     title = f"{study.run_dir.name}: {result['conclusion']}"
@@ -164,30 +144,6 @@ def _wrap(text: str, width: int = 100) -> str:
     return "\n".join(textwrap.wrap(text, width))
 
 
-def model_table(entries: Sequence[dict[str, Any]], first_column: str) -> list[str]:
-    """Markdown rows: each model's loss (95% CI over documents), perplexity, bits per byte and
-    mean zero-shot accuracy (when scored)."""
-    with_accuracy = any(e.get("zero_shot") for e in entries)
-    header = f"| {first_column} | tokens | val loss | 95% CI (documents) | val ppl | bits/byte |"
-    rule = "|---|---:|---:|---|---:|---:|"
-    if with_accuracy:
-        header += " zero-shot mean |"
-        rule += "---:|"
-    lines = [header, rule]
-    for e in entries:
-        ci = e.get("val_loss_ci95")
-        row = (
-            f"| {e['label']} | {e['tokens'] or 0:,} | {e['val_loss']:.4f} | "
-            f"{f'[{ci[0]:.4f}, {ci[1]:.4f}]' if ci else 'n/a'} | {e['val_ppl']:.2f} | "
-            f"{e['bits_per_byte']:.4f} |"
-        )
-        if with_accuracy:
-            mean = (e.get("zero_shot") or {}).get("mean")
-            row += f" {'n/a' if mean is None else f'{100 * mean:.2f}%'} |"
-        lines.append(row)
-    return lines
-
-
 def render_averaging_markdown(result: dict[str, Any]) -> str:
     lines = [f"# Checkpoint averaging: {result['run_dir']}", ""]
     if result.get("command"):
@@ -202,10 +158,11 @@ def render_averaging_markdown(result: dict[str, Any]) -> str:
         ),
         "",
     ]
-    if "zero_shot_average_minus_final" in result:
-        lines += [f"Zero-shot mean accuracy, average minus final: "
-                  f"{100 * result['zero_shot_average_minus_final']:+.2f} points.", ""]  # fmt: skip
+    accuracy = result.get("zero_shot_average_minus_final")
+    if accuracy is not None:
+        lines += [accuracy_sentence(accuracy, "average minus final"), ""]
     lines += model_table(result["models"], "model")
+    lines += zero_shot_table(result["models"], "model")
     evaluation = result["evaluation"]
     lines += [
         "",

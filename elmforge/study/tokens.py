@@ -10,42 +10,25 @@ conservative).
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write_json, atomic_write_text
 from elmforge.study import Report, say
-from elmforge.study.averaging import model_table, paired_loss_difference
 from elmforge.study.common import (
     StudyOptions,
     intact_checkpoints,
     open_run_study,
     trainer_tokens,
 )
+from elmforge.study.compare import (
+    accuracy_difference,
+    accuracy_sentence,
+    model_table,
+    paired_loss_difference,
+    zero_shot_table,
+)
 from elmforge.study.evaluation import evaluate_model_dir, public
-from elmforge.study.stats import t_quantile
-
-
-def accuracy_change(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any] | None:
-    """Last minus first mean zero-shot accuracy; a normal 95% interval from lm-eval's
-    per-task standard errors, taken as independent between the two models."""
-    a, b = first.get("zero_shot"), last.get("zero_shot")
-    if not a or not b:
-        return None
-    tasks = sorted(set(a["tasks"]) & set(b["tasks"]))
-    if not tasks:
-        return None
-    difference = sum(b["tasks"][t]["value"] - a["tasks"][t]["value"] for t in tasks) / len(tasks)
-    errors = [a["tasks"][t].get("stderr") for t in tasks] + [
-        b["tasks"][t].get("stderr") for t in tasks
-    ]
-    ci = None
-    if all(isinstance(e, (int, float)) for e in errors):
-        se = math.sqrt(sum(e * e for e in errors)) / len(tasks)
-        half = t_quantile(math.inf) * se
-        ci = [difference - half, difference + half]
-    return {"difference": difference, "ci95": ci, "tasks": tasks}
 
 
 def _in_run_curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -100,7 +83,7 @@ def run_tokens_study(
     else:
         loss = paired_loss_difference(scores[-1], scores[0])
         result["loss_last_minus_first"] = loss
-        result["accuracy_last_minus_first"] = accuracy_change(scores[0], scores[-1])
+        result["accuracy_last_minus_first"] = accuracy_difference(scores[-1], scores[0])
         result["conclusion"] = _conclusion(entries, loss, result["accuracy_last_minus_first"])
     if options.command:
         result["command"] = options.command
@@ -124,14 +107,7 @@ def _conclusion(
         loss_text += f" (95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}] over {loss['documents']} documents)"
     sentences = [loss_text[0].upper() + loss_text[1:] + "."]
     if accuracy is not None:
-        text = f"Mean zero-shot accuracy changed by {100 * accuracy['difference']:+.2f} points"
-        if accuracy["ci95"]:
-            low, high = (100 * v for v in accuracy["ci95"])
-            resolved = (
-                "resolved" if low > 0 or high < 0 else "not resolved: the interval includes 0"
-            )
-            text += f" (95% CI [{low:+.2f}, {high:+.2f}], {resolved})"
-        sentences.append(text + ".")
+        sentences.append(accuracy_sentence(accuracy, "last minus first checkpoint"))
     return " ".join(sentences)
 
 
@@ -142,18 +118,6 @@ def render_tokens_markdown(result: dict[str, Any]) -> str:
     lines += [f"**{result['conclusion']}**", ""]
     lines += [f"- note: {note}" for note in result["notes"]] + ([""] if result["notes"] else [])
     lines += model_table(result["checkpoints"], "checkpoint")
-    tasks = sorted(
-        {t for c in result["checkpoints"] if c.get("zero_shot") for t in c["zero_shot"]["tasks"]}
-    )
-    if tasks:
-        lines += ["", "| checkpoint | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
-        for c in result["checkpoints"]:
-            values = (c.get("zero_shot") or {}).get("tasks", {})
-            cells = [
-                f"{100 * values[t]['value']:.1f} ± {100 * (values[t].get('stderr') or 0):.1f}"
-                if t in values else "n/a"
-                for t in tasks
-            ]  # fmt: skip
-            lines.append(f"| {c['label']} | " + " | ".join(cells) + " |")
+    lines += zero_shot_table(result["checkpoints"], "checkpoint")
     lines += ["", "![tokens](tokens.png)", ""]
     return "\n".join(lines)

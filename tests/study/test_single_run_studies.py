@@ -77,7 +77,13 @@ def test_tokens_with_zero_shot_tasks(tmp_path, micro_run_dir):
     assert change["difference"] == pytest.approx(
         checkpoints[-1]["val_loss"] - checkpoints[0]["val_loss"], abs=1e-6
     )
-    assert result["accuracy_last_minus_first"]["tasks"] == ["arc_easy", "piqa"]
+    accuracy = result["accuracy_last_minus_first"]
+    assert accuracy["tasks"] == ["arc_easy", "piqa"]
+    change = [checkpoints[-1]["zero_shot"]["tasks"][t]["value"]
+              - checkpoints[0]["zero_shot"]["tasks"][t]["value"] for t in ("arc_easy", "piqa")]  # fmt: skip
+    assert accuracy["difference"] == pytest.approx(sum(change) / 2)
+    low, high = accuracy["ci95"]
+    assert low < accuracy["difference"] < high
     report_dir = micro_run_dir / "study-tokens"
     markdown = (report_dir / "report.md").read_text()
     assert "| checkpoint | arc_easy | piqa |" in markdown
