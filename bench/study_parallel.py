@@ -1,6 +1,6 @@
 """How a study should use the cores: N single-thread runs side by side, or one N-thread run.
 
-Trains the default CPU study's model and data (configs/study/lws-cpu.yaml: OpenELM-tiny, a
+Trains the default CPU study's model and data (elmforge/configs/study/lws-cpu.yaml: OpenELM-tiny, a
 4096-token BPE tokenizer, 8 x 256-token steps) with ``elmforge pretrain``, in two layouts that
 take turns in every repeat on the same machine:
 

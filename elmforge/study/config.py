@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from elmforge.errors import ConfigError
+from elmforge.package_data import config_path
 from elmforge.train.config import RunConfig
 
 # The default budget: two arms x three seeds on two CPU cores in well under an hour.
-DEFAULT_LWS_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "study" / "lws-cpu.yaml"
+DEFAULT_LWS_CONFIG = config_path("study/lws-cpu.yaml")
 
 
 @dataclass
