@@ -36,8 +36,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Train a layer-wise scaled OpenELM and a uniform one matched to its parameter "
         "count (within study.tolerance) on the same data, tokens, schedule and seeds, then "
         "compare their validation loss with 95%% intervals. Without --config: the default CPU "
-        "budget (packaged config study/lws-cpu, 2 arms x 3 seeds in well under an hour on 2 cores). "
-        "Re-running the command resumes.",
+        "budget (the packaged config study/lws-cpu: 2 arms x 3 seeds on 2 cores). Re-running "
+        "the command resumes.",
     )
     lws.add_argument("--out", required=True, metavar="DIR", help="study directory")
     lws.add_argument(
