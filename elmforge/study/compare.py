@@ -27,13 +27,13 @@ def accuracy_difference(
     """Mean zero-shot accuracy of ``a`` minus ``b`` over their common tasks; a normal 95%
     interval from lm-eval's per-task standard errors, taken as independent between the two
     models (conservative: the same questions make the real difference less noisy)."""
-    b, a = b_scores.get("zero_shot"), a_scores.get("zero_shot")
+    a, b = a_scores.get("zero_shot"), b_scores.get("zero_shot")
     if not a or not b:
         return None
     tasks = sorted(set(a["tasks"]) & set(b["tasks"]))
     if not tasks:
         return None
-    difference = sum(b["tasks"][t]["value"] - a["tasks"][t]["value"] for t in tasks) / len(tasks)
+    difference = sum(a["tasks"][t]["value"] - b["tasks"][t]["value"] for t in tasks) / len(tasks)
     errors = [a["tasks"][t].get("stderr") for t in tasks] + [
         b["tasks"][t].get("stderr") for t in tasks
     ]
