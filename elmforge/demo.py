@@ -13,7 +13,6 @@ import itertools
 import os
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 DEMO_CONFIG = "tiny-cpu"  # the packaged config (elmforge/configs/tiny-cpu.yaml)
@@ -34,16 +33,19 @@ def run_demo(
     prompt: str = PROMPT,
     say: Callable[[str], None] = print,
     on_text: Callable[[str], None] | None = None,
+    force_resume: bool = False,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; return (and write to ``out/demo.json``) its summary.
 
     ``config`` is a run config YAML (or a packaged config's name) and ``overrides`` dotted ``key=value`` pairs applied after the
     demo's own (its BPE tokenizer of ``vocab_size`` tokens), so the command line wins. ``say``
-    receives progress lines and ``on_text`` the sampled text as it streams.
+    receives progress lines and ``on_text`` the sampled text as it streams. ``out`` is new,
+    empty or an earlier demo's (anything else in it is refused); ``force_resume`` is
+    :func:`~elmforge.train.loop.pretrain`'s.
     """
     from elmforge.data.sources import iter_texts
     from elmforge.evaluate.perplexity import perplexity
-    from elmforge.files import atomic_write_json
+    from elmforge.files import atomic_write_json, claim_work_directory
     from elmforge.infer.generate import SamplingOptions, generate_text
     from elmforge.infer.loading import load
     from elmforge.train.checkpoint import average_checkpoints, list_checkpoints
@@ -52,19 +54,20 @@ def run_demo(
     from elmforge.train.run_dir import RunDir
 
     started = time.perf_counter()
-    out = Path(out)
+    out = claim_work_directory(out, (RUN, AVERAGED, SUMMARY), "a demo directory")
     own = ["data.tokenizer=bpe", f"data.bpe_vocab_size={vocab_size}"]
     run_config = RunConfig.from_yaml(config, [*own, *overrides])
     run_dir = out / RUN
     say(f"[demo] pretraining {run_config.model.name} into {run_dir}")
-    final_dir = pretrain(run_config, run_dir)
+    final_dir = pretrain(run_config, run_dir, force_resume=force_resume)
 
     checkpoints = list_checkpoints(run_dir)[-average_last:]
     averaged_dir = out / AVERAGED
     say(
         f"[demo] averaging {len(checkpoints)} checkpoints: {', '.join(c.name for c in checkpoints)}"
     )
-    average_checkpoints(checkpoints, averaged_dir)  # the tokenizer comes with the checkpoints
+    # The tokenizer comes with the checkpoints; an earlier run's average is the demo's own.
+    average_checkpoints(checkpoints, averaged_dir, force=True)
 
     held_out = itertools.chain.from_iterable(
         iter_texts(source, split="validation") for source in run_config.data.sources

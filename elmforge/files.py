@@ -21,7 +21,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from elmforge.errors import ElmforgeError
@@ -54,6 +54,32 @@ def disk_error(path: str | os.PathLike, err: OSError) -> ElmforgeError:
     return ElmforgeError(f"{path}: cannot write ({err.strerror or err})")
 
 
+# A write that fails with less than this free is taken for a full disk: libraries that write
+# through their own code (torch.save's zip writer, safetensors, matplotlib) report ENOSPC as a
+# RuntimeError or their own error type, without the errno.
+_NEARLY_FULL_BYTES = 1 << 20
+
+
+def _disk_is_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
+
+
+def _write_failed(path: Path, probe: Path, err: BaseException) -> BaseException:
+    """The error to raise for a write of ``path`` that failed with ``err`` (``probe``: a
+    directory on the same filesystem): one line naming ``path``, never the temporary."""
+    if isinstance(err, OSError):
+        return disk_error(path, err)
+    if isinstance(err, ElmforgeError):
+        return err
+    if _disk_is_full(probe):
+        return disk_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+    return err
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as handle:
         os.fsync(handle.fileno())
@@ -68,10 +94,18 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
+def _finish_tree(root: Path) -> None:
+    """fsync every file under ``root`` and give every entry the umask's permissions: writers such
+    as safetensors (0600) and ``mkdtemp`` (0700) ignore the umask."""
     for path in root.rglob("*"):
-        if path.is_file() and not path.is_symlink():
+        if path.is_symlink():
+            continue
+        if path.is_file():
             _fsync_file(path)
+            executable = path.stat().st_mode & 0o111
+            _apply_umask(path, directory=bool(executable))
+        elif path.is_dir():
+            _apply_umask(path, directory=True)
 
 
 def _make_parent(path: Path) -> None:
@@ -103,8 +137,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         _apply_umask(tmp, directory=False)
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except OSError as err:
-        raise disk_error(path, err) from None
+    except Exception as err:
+        raised = _write_failed(path, path.parent, err)
+        if raised is err:
+            raise
+        raise raised from None
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -178,20 +215,37 @@ def atomic_directory(final: str | os.PathLike, verb: str | None = None) -> Itera
         yield tmp
         if verb is not None:
             (tmp / OUTPUT_MARKER).write_text(json.dumps({"verb": verb}) + "\n", encoding="utf-8")
-        _fsync_tree(tmp)
+        _finish_tree(tmp)
         if final.exists() or final.is_symlink():
             old = final.with_name(f".{final.name}.old-{os.getpid()}")
             final.rename(old)
-            tmp.rename(final)
+            try:
+                tmp.rename(final)
+            except OSError:
+                old.rename(final)  # put the previous output back
+                old = None
+                raise
         else:
             tmp.rename(final)
         fsync_dir(final.parent)
-    except OSError as err:
-        raise disk_error(final, err) from None
+    except Exception as err:
+        raised = _write_failed(final, final.parent, err)
+        if isinstance(raised, ElmforgeError) and str(tmp) in str(raised):
+            # A nested write named a file in the temporary directory: name the output instead.
+            raised = _renamed(raised, str(tmp), str(final))
+        if raised is err:
+            raise
+        raise raised from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         if old is not None:
             _remove(old)
+
+
+def _renamed(err: ElmforgeError, old: str, new: str) -> ElmforgeError:
+    err.args = tuple(a.replace(old, new) if isinstance(a, str) else a for a in err.args)
+    err.template = err.template.replace(old, new)
+    return err
 
 
 def _remove(path: Path) -> None:
@@ -209,7 +263,7 @@ def clean_temporaries(directory: str | os.PathLike, prefix: str = "") -> None:
         return
     for path in directory.iterdir():
         name = path.name
-        if name.startswith("." + prefix) and any(tag in name for tag in _TEMP_TAGS):
+        if name.startswith("." + prefix) and is_temporary(name):
             _remove(path)
 
 
@@ -293,4 +347,43 @@ def claim_output(
         raise ElmforgeError(f"{path}: is a directory, expected a file path")
     if not force:
         raise ElmforgeError(f"{path}: exists; --force replaces it")
+    return path
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of this module's temporaries (``.X.tmp-*``, ``.X.old-*``)."""
+    return name.startswith(".") and any(tag in name for tag in _TEMP_TAGS)
+
+
+def claim_work_directory(
+    path: str | os.PathLike, holds: Collection[str], what: str, inputs: tuple = ()
+) -> Path:
+    """Check that ``path`` can be the directory of ``what`` (a run, the demo): new, empty, or
+    holding nothing but the names in ``holds`` (what an earlier, maybe interrupted, run of it
+    wrote) and temporaries. Anything else in it is the user's, and is refused; so is a directory
+    inside one of a run's reserved names (``RUN/checkpoints/x``) or inside ``inputs``.
+    """
+    path = Path(path)
+    for given in inputs:
+        source = Path(given).resolve()
+        if path.resolve() == source or source in path.resolve().parents:
+            raise ElmforgeError(f"{path}: the output must not be inside the input {given}")
+    if path.is_symlink() and not path.exists():
+        raise ElmforgeError(f"{path}: a dangling symbolic link")
+    if path.exists() and not path.is_dir():
+        raise ElmforgeError(f"{path}: exists and is not a directory (expected {what})")
+    run = enclosing_run_dir(path.parent)
+    if run is not None and path.resolve().relative_to(run).parts[0] in RESERVED_NAMES:
+        raise ElmforgeError(f"{path}: belongs to the run directory {run}; pick another path")
+    if path.is_dir():
+        try:
+            names = sorted(p.name for p in path.iterdir())
+        except OSError as err:
+            raise disk_error(path, err) from None
+        foreign = [name for name in names if name not in holds and not is_temporary(name)]
+        if foreign:
+            raise ElmforgeError(
+                f"{path}: holds {foreign[0]!r}, which is not part of {what}; pick a new or "
+                "empty directory"
+            )
     return path

@@ -19,6 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("paths", nargs="+", metavar="PATH", help="checkpoints, or one run directory")
     p.add_argument("--out", required=True, metavar="DIR", help="output model directory")
     p.add_argument(
+        "--force", action="store_true", help="replace an earlier `elmforge average` output at DIR"
+    )
+    p.add_argument(
         "--last", type=int, metavar="N", help="average the N newest checkpoints of RUN_DIR"
     )
     p.set_defaults(run=run)
@@ -35,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         paths = latest_checkpoints(Path(args.paths[0]), args.last)
     else:
         paths = [Path(p) for p in args.paths]
-    out = average_checkpoints(paths, Path(args.out))
+    out = average_checkpoints(paths, Path(args.out), force=args.force)
     print(f"averaged {len(paths)} checkpoints into {out}:")
     for path in paths:
         print(f"  {path}")

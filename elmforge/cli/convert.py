@@ -11,6 +11,8 @@ from pathlib import Path
 MODEL_HELP = "model directory, run directory (uses final/) or checkpoint step directory"
 TOKENIZER_HELP = "tokenizer.model / tokenizer dir (default: the model's own, else LLaMA-2's)"
 
+FORCE_HELP = "replace the output of an earlier `elmforge convert`"
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -35,6 +37,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="preset (e.g. OpenELM-270M) or a model dir / config.json describing the shape",
     )
     to_hf.add_argument("--tokenizer", metavar="PATH", help="also save this tokenizer in OUT_DIR")
+    to_hf.add_argument("--force", action="store_true", help=FORCE_HELP)
     to_hf.set_defaults(run=run_corenet_to_hf)
     to_corenet = sub.add_parser(
         "hf-to-corenet",
@@ -43,6 +46,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     to_corenet.add_argument("model_dir", metavar="MODEL", help=MODEL_HELP)
     to_corenet.add_argument("out_path", metavar="OUT.pt")
+    to_corenet.add_argument("--force", action="store_true", help=FORCE_HELP)
     to_corenet.set_defaults(run=run_hf_to_corenet)
     add_export_parsers(sub)
     add_corenet_peft_parser(sub)
@@ -109,7 +113,9 @@ def add_export_parsers(sub: argparse._SubParsersAction) -> None:
 def run_corenet_to_hf(args: argparse.Namespace) -> int:
     from elmforge.export.prepare import corenet_to_model_dir
 
-    out = corenet_to_model_dir(args.checkpoint, args.out_dir, args.name, args.tokenizer)
+    out = corenet_to_model_dir(
+        args.checkpoint, args.out_dir, args.name, args.tokenizer, force=args.force
+    )
     print(f"wrote {out}")
     return 0
 
@@ -160,7 +166,8 @@ def run_hf_to_corenet(args: argparse.Namespace) -> int:
     from elmforge.model.convert import hf_to_corenet
     from elmforge.model.layout import resolve_model_dir
 
-    print(f"wrote {hf_to_corenet(resolve_model_dir(args.model_dir), args.out_path)}")
+    out = hf_to_corenet(resolve_model_dir(args.model_dir), args.out_path, force=args.force)
+    print(f"wrote {out}")
     return 0
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from elmforge.cli.arg_types import non_negative_int, positive_int
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -23,9 +25,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("config", metavar="CONFIG", help="YAML file with a `data:` section")
     q.add_argument("--json", action="store_true", help="print one JSON object (no samples)")
-    q.add_argument("--max-documents", type=int, metavar="N", help="read at most N rows per source")
+    q.add_argument(
+        "--max-documents", type=positive_int, metavar="N", help="read at most N rows per source"
+    )
     q.add_argument("--split", default="train", choices=["train", "validation"])
-    q.add_argument("--samples", type=int, default=2, metavar="N", help="decoded sequences to show")
+    q.add_argument(
+        "--samples", type=non_negative_int, default=2, metavar="N", help="decoded sequences to show"
+    )
     q.set_defaults(run=run)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from elmforge.cli.arg_types import positive_int
 from elmforge.config import add_config_flags, overrides_of
 from elmforge.demo import DEMO_CONFIG, PROMPT
 from elmforge.train.config import RunConfig
@@ -32,9 +33,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEMO_CONFIG,
         help=f"run config YAML, or a packaged config's name ({DEMO_CONFIG})",
     )
-    p.add_argument("--vocab-size", type=int, default=4096, help="demo tokenizer size (4096)")
-    p.add_argument("--average-last", type=int, default=3, help="checkpoints to average (3)")
-    p.add_argument("--eval-documents", type=int, default=200, help="validation documents (200)")
+    p.add_argument(
+        "--vocab-size", type=positive_int, default=4096, help="demo tokenizer size (4096)"
+    )
+    p.add_argument(
+        "--average-last", type=positive_int, default=3, help="checkpoints to average (3)"
+    )
+    p.add_argument(
+        "--eval-documents", type=positive_int, default=200, help="validation documents (200)"
+    )
     p.add_argument("--prompt", default=PROMPT, help="text to continue at the end")
     tune = p.add_argument_group("fine-tuning demo (--finetune)")
     tune.add_argument("--finetune", action="store_true", help="run the fine-tuning demo")
@@ -43,6 +50,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--data-dir",
         help="LLM-Adapters CommonSense directory (<task>/train.json, test.json); default: "
         "../shared/data/commonsense when present, else a set built from the pydoc topics",
+    )
+    p.add_argument(
+        "--force-resume",
+        action="store_true",
+        help="resume OUT/run even if the config changed in a way that breaks exact resumption",
     )
     # Every run-config key is a flag, as for `elmforge pretrain`.
     add_config_flags(p, RunConfig, "run config overrides (see docs/pretrain.md)")
@@ -68,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         eval_documents=args.eval_documents,
         prompt=args.prompt,
         on_text=_print_piece,
+        force_resume=args.force_resume,
     )
     return 0
 

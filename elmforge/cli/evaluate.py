@@ -73,6 +73,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, help="perplexity window stride (default: half window)")
     p.add_argument("--log-samples", action="store_true", help="write OUT/samples/<task>.jsonl")
     p.add_argument("--out", help="output directory (default: runs/evaluate/<model name>)")
+    p.add_argument(
+        "--force", action="store_true", help="replace an earlier `elmforge evaluate` output at OUT"
+    )
     p.add_argument("--verbose", action="store_true", help="show lm-eval's own log messages")
     p.add_argument(
         "--compare",
@@ -89,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
         if args.model:
             raise ElmforgeError("--compare takes results files only, not a MODEL")
-        compare_results(args.compare, args.out)
+        compare_results(args.compare, args.out, force=args.force)
         return 0
     if not args.model:
         raise ElmforgeError("give a MODEL directory or hub name (or --compare A B)")
@@ -116,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
         log_samples=args.log_samples,
         verbose=args.verbose,
         out_dir=out,
+        force=args.force,
     )
     load_and_evaluate(args.model, request, **evaluate_load_options(args))
     print((out / "results.md").read_text(encoding="utf-8"))

@@ -15,6 +15,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", metavar="NAME_OR_DIR", help="preset name or model directory")
     p.add_argument("--plot", metavar="FILE", help="also write a PNG of the layer-wise profile")
+    p.add_argument("--force", action="store_true", help="replace an existing --plot file")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=run)
 
@@ -36,5 +37,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(profile_markdown(config, title=str(args.model)), end="")
     if args.plot:
-        print(f"profile plot: {plot_profile(config, args.plot, title=str(args.model))}")
+        print(
+            f"profile plot: {plot_profile(config, args.plot, title=str(args.model), force=args.force)}"
+        )
     return 0

@@ -15,6 +15,7 @@ schemas, ``cli.options``), and import torch, transformers and the library inside
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -23,6 +24,8 @@ from collections.abc import Sequence
 from elmforge import __version__
 from elmforge.errors import ElmforgeError
 
+# Write failures that are the machine's state, not a bug: one line, like any expected failure.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # verb -> module under elmforge.cli. Modules that are not there yet are skipped.
 VERB_MODULES: dict[str, str] = {
     "demo": "demo",
@@ -75,6 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ElmforgeError as err:
         # Expected failures (bad input, missing files) get one line, never a traceback.
         print(f"elmforge {args.verb}: error: {err.for_command_line()}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        if err.errno not in DISK_ERRNOS:
+            raise
+        # A full disk met by a write that has no handler of its own (a log line, an event file).
+        from elmforge.files import disk_error
+
+        message = disk_error(err.filename or "writing", err)
+        print(f"elmforge {args.verb}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"elmforge {args.verb}: interrupted", file=sys.stderr)

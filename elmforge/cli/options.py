@@ -130,6 +130,18 @@ def sampling_options(args: argparse.Namespace, draft_model: Any = None) -> Any:
     ).check()
 
 
+def invalid_text(text: str) -> str | None:
+    """Why ``text`` cannot be tokenised, or None: a byte of the command line that was not UTF-8
+    reaches Python as a lone surrogate, which tokenizers reject with a traceback."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        what = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return f"not valid UTF-8 text ({what} at position {err.start})"
+    return None
+
+
 def add_prompt_flags(p: argparse.ArgumentParser) -> None:
     """--prompt TEXT or --prompt-file FILE (``-``: standard input); with neither, a prompt piped
     on standard input is read."""
@@ -145,6 +157,10 @@ def add_prompt_flags(p: argparse.ArgumentParser) -> None:
 def read_prompt(args: argparse.Namespace) -> str:
     """The prompt the prompt flags give (see :func:`add_prompt_flags`), exactly as written."""
     if args.prompt is not None:
+        # A byte that is not UTF-8 on the command line reaches Python as a lone surrogate.
+        problem = invalid_text(args.prompt)
+        if problem:
+            raise ElmforgeError(f"--prompt: {problem}")
         return args.prompt
     if args.prompt_file is None and sys.stdin.isatty():
         raise ElmforgeError("give --prompt TEXT, --prompt-file FILE or a prompt on standard input")

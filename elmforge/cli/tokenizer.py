@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from elmforge.cli.arg_types import positive_int
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -27,7 +29,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--vocab-size", type=int, required=True, metavar="N", help="vocabulary size")
     q.add_argument("--out", required=True, metavar="DIR", help="output directory")
-    q.add_argument("--max-documents", type=int, metavar="N", help="train on the first N documents")
+    q.add_argument(
+        "--force", action="store_true", help="replace an earlier `tokenizer train` output at DIR"
+    )
+    q.add_argument(
+        "--max-documents", type=positive_int, metavar="N", help="train on the first N documents"
+    )
     q.add_argument("--split", default="train", choices=["train", "validation"])
     q.set_defaults(run=run)
     install = verbs.add_parser(
@@ -44,11 +51,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elmforge.data.tokenizer import train_bpe_tokenizer
+    from elmforge.data.tokenizer import train_tokenizer_output
     from elmforge.data.tokenizer_choice import iter_training_texts
 
     texts = iter_training_texts(args.data, args.split, args.max_documents)
-    tokenizer = train_bpe_tokenizer(texts, args.vocab_size, args.out)
+    tokenizer = train_tokenizer_output(texts, args.vocab_size, args.out, force=args.force)
     print(f"tokenizer: {len(tokenizer)} tokens, saved to {args.out}")
     return 0
 

@@ -21,6 +21,9 @@ IGNORE_INDEX = -100
 # The tokenizer spellings with a meaning of their own (anything else is a path or hub name).
 TOKENIZER_CHOICES = ("auto", "bpe")
 MIN_BPE_VOCAB = 300
+# Far beyond any language model's vocabulary (the largest are ~256k); the Rust BPE trainer aborts
+# the process (out of memory, no Python exception) on sizes near 1e9, so bounds are checked first.
+MAX_BPE_VOCAB = 1 << 20
 
 
 @dataclass
@@ -88,6 +91,10 @@ class DataConfig:
             ("bpe_vocab_size", MIN_BPE_VOCAB),
         ):
             integer(name, minimum)
+        if self.bpe_vocab_size > MAX_BPE_VOCAB:
+            raise ConfigError(
+                f"{where}.bpe_vocab_size: {self.bpe_vocab_size} exceeds the maximum {MAX_BPE_VOCAB}"
+            )
         if self.mode not in MODES:
             raise ConfigError(f"{where}.mode: {self.mode!r} must be one of {', '.join(MODES)}")
         if self.tokenizer is not None and not isinstance(self.tokenizer, (str, os.PathLike)):

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast
 
-from elmforge.errors import ElmforgeError
+from elmforge.errors import ElmforgeError, OptionError
 
 SPIECE_UNDERLINE = "▁"
 LLAMA2_TOKENIZER_FILE = "llama2-tokenizer.model"
@@ -296,8 +296,14 @@ def train_bpe_tokenizer(
     """
     from tokenizers import trainers
 
+    from elmforge.data.config import MAX_BPE_VOCAB
+
     if vocab_size < 260:
-        raise ElmforgeError(f"vocab_size {vocab_size}: must be at least 260 (256 bytes + specials)")
+        raise OptionError(
+            "vocab_size", f"{{option}} {vocab_size}: must be at least 260 (256 bytes + specials)"
+        )
+    if vocab_size > MAX_BPE_VOCAB:
+        raise OptionError("vocab_size", f"{{option}} {vocab_size}: must be at most {MAX_BPE_VOCAB}")
     backend = Tokenizer(BPE())
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
@@ -320,6 +326,23 @@ def train_bpe_tokenizer(
     )
     if out_dir is not None:
         save_tokenizer(tokenizer, out_dir)
+    return tokenizer
+
+
+def train_tokenizer_output(
+    texts: Iterable[str], vocab_size: int, out_dir: str | os.PathLike, force: bool = False
+) -> PreTrainedTokenizerFast:
+    """``elmforge tokenizer train``: a BPE tokenizer written as the verb's own output directory.
+
+    ``out_dir`` is claimed before training (:func:`elmforge.files.claim_output`: an existing
+    directory is replaced only if an earlier ``tokenizer train`` wrote it, and only with
+    ``force``; never a run directory) and written atomically."""
+    from elmforge.files import atomic_directory, claim_output
+
+    out_dir = claim_output(out_dir, "tokenizer train", force)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size)
+    with atomic_directory(out_dir, verb="tokenizer train") as tmp:
+        tokenizer.save_pretrained(tmp)
     return tokenizer
 
 

@@ -48,7 +48,11 @@ class EvalRequest:
     verbose: bool = False
     """Show lm-eval's own log messages."""
     out_dir: str | Path | None = None
-    """Where ``results.json`` and ``results.md`` go (None: not written)."""
+    """Where ``results.json`` and ``results.md`` go (None: not written). An existing directory
+    is refused unless an earlier evaluation wrote it and ``force`` is set
+    (:func:`elmforge.files.claim_output`); written atomically."""
+    force: bool = False
+    """Replace an earlier evaluation's ``out_dir``."""
     runs: dict[int | None, list[str]] = field(init=False, repr=False)
     """Task names by the few-shot count they run with (derived)."""
 
@@ -64,6 +68,10 @@ class EvalRequest:
             raise OptionError("batch_size", f"{{option}} {self.batch_size}: must be >= 1")
         if self.data_dir is not None and self.runs and not Path(self.data_dir).is_dir():
             raise OptionError("data_dir", f"{{option}} {self.data_dir}: no such directory")
+        if self.out_dir is not None:
+            from elmforge.files import claim_output
+
+            claim_output(self.out_dir, "evaluate", self.force)
 
     @property
     def task_names(self) -> list[str]:
@@ -146,9 +154,10 @@ def evaluate_model(
     finally:
         model.train(was_training)
     if request.out_dir is not None:
-        write_results(
-            report, Path(request.out_dir), samples=samples if request.log_samples else None
-        )
+        from elmforge.files import atomic_directory
+
+        with atomic_directory(request.out_dir, verb="evaluate") as tmp:
+            write_results(report, tmp, samples=samples if request.log_samples else None)
     return report
 
 

@@ -14,12 +14,12 @@ import functools
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from elmforge.errors import ElmforgeError, OptionError
+from elmforge.errors import ElmforgeError, OptionError, first_line
 from elmforge.evaluate.local_data import TaskDataPlan, plan_task_data, write_override_configs
 from elmforge.evaluate.suites import fewshot_count
 from elmforge.infer.loading import context_length_of
@@ -123,6 +123,61 @@ def offline_hub() -> Iterator[None]:
                 os.environ[key] = value
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub accepts a connection (one try, ``timeout`` seconds). Without
+    a network, huggingface_hub retries for about 45 s before datasets gives up with a traceback;
+    this answers at once. Behind a proxy the direct probe would mislead, so it is not made."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "", "false"):
+        return False
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _no_data_message(what: str, reason: str) -> str:
+    return (
+        f"{what}: {reason}; pass --data-dir DIR with local copies (DIR/<dataset>/<split>.jsonl, "
+        "see docs/evaluate.md)"
+    )
+
+
+def check_cached(leaves: Collection[str]) -> None:
+    """Offline without a data directory, a task whose dataset was never downloaded cannot run:
+    say so before lm-eval tries (and retries). A dataset with a cache entry may still lack a
+    split; that is reported when lm-eval reads it."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    index = default_task_manager().task_index
+    for task in leaves:
+        path = (index[task].cfg or {}).get("dataset_path")
+        if not isinstance(path, str) or Path(path).exists():
+            continue
+        cached = (
+            Path(datasets.config.HF_DATASETS_CACHE) / path.replace("/", "___"),
+            Path(huggingface_hub.constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}",
+        )
+        if not any(p.exists() for p in cached):
+            raise ElmforgeError(
+                _no_data_message(
+                    f"task {task}",
+                    f"its dataset {path} is not in the local cache and the Hugging Face hub is "
+                    "unreachable (no network or HF_HUB_OFFLINE)",
+                )
+            )
+
+
 @contextlib.contextmanager
 def quiet_lm_eval(verbose: bool) -> Iterator[None]:
     """lm-eval logs a warning per task config detail; keep the terminal for progress bars."""
@@ -207,15 +262,29 @@ def run_lm_eval(
             )
         else:
             task_manager = default_task_manager()
+            online = hub_reachable()
+            if not online:
+                check_cached(closure.leaves)
+                stack.enter_context(offline_hub())  # the local datasets cache only, no retries
         stack.enter_context(quiet_lm_eval(request.verbose))
-        raw = simple_evaluate(
-            model=lm,
-            tasks=list(task_names),
-            num_fewshot=num_fewshot,
-            limit=request.limit,
-            task_manager=task_manager,
-            log_samples=request.log_samples,
-        )
+        try:
+            raw = simple_evaluate(
+                model=lm,
+                tasks=list(task_names),
+                num_fewshot=num_fewshot,
+                limit=request.limit,
+                task_manager=task_manager,
+                log_samples=request.log_samples,
+            )
+        except ConnectionError as err:  # datasets' "Couldn't reach ...", the hub's offline errors
+            if data_dir is not None:
+                raise
+            reason = "the hub refused it" if online else "no network and not in the local cache"
+            raise ElmforgeError(
+                _no_data_message(
+                    f"task data of {', '.join(task_names)}", f"{reason} ({first_line(err)})"
+                )
+            ) from None
     return raw, plans
 
 

@@ -237,11 +237,16 @@ def _comparison_rows(runs: Sequence[dict[str, Any]]) -> list[tuple[str, str, lis
 
 
 def compare_results(
-    paths: Sequence[str | Path], out_dir: str | Path | None = None
+    paths: Sequence[str | Path], out_dir: str | Path | None = None, force: bool = False
 ) -> dict[str, Any]:
-    """Print a side-by-side table of several results.json files; write compare.md and .png."""
+    """Print a side-by-side table of several results.json files; write compare.md and .png
+    into ``out_dir`` (which may replace only an earlier ``evaluate`` output, with ``force``)."""
+    from elmforge.files import atomic_directory, claim_output
+
     if len(paths) < 2:
         raise OptionError("paths", "{option} needs at least two results.json files", "--compare")
+    out = Path(out_dir) if out_dir is not None else Path("runs/evaluate/compare")
+    claim_output(out, "evaluate", force, inputs=tuple(paths))
     runs = [load_results(path) for path in paths]
     names = _run_names(paths, runs)
     rows = _comparison_rows(runs)
@@ -255,10 +260,10 @@ def compare_results(
         table.append([task, metric, *shown])
     markdown = "\n".join("| " + " | ".join(row) + " |" for row in table) + "\n"
     print(markdown, end="")
-    out = Path(out_dir) if out_dir is not None else Path("runs/evaluate/compare")
-    atomic_write_text(out / "compare.md", markdown)
+    with atomic_directory(out, verb="evaluate") as tmp:
+        atomic_write_text(tmp / "compare.md", markdown)
+        _bar_chart([r for r in rows if r[1] != "bits_per_byte"], names, tmp / "compare.png")
     chart = out / "compare.png"
-    _bar_chart([r for r in rows if r[1] != "bits_per_byte"], names, chart)
     print(f"wrote {out / 'compare.md'} and {chart}")
     return {"runs": names, "rows": rows, "markdown": out / "compare.md", "chart": chart}
 

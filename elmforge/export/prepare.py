@@ -276,11 +276,13 @@ def corenet_to_model_dir(
     out_dir: str | os.PathLike,
     shape: str | os.PathLike,
     tokenizer: str | os.PathLike | None = None,
+    force: bool = False,
 ) -> Path:
     """``elmforge convert corenet-to-hf``: a CoreNet ``.pt`` checkpoint as a model directory,
     completed (:func:`complete_model_dir`) before it is renamed into place. ``shape``: a preset
     name or a model directory / ``config.json`` describing the model; ``tokenizer`` is required to
-    load when given (else the LLaMA-2 rule applies, and no tokenizer is no error)."""
+    load when given (else the LLaMA-2 rule applies, and no tokenizer is no error). An existing
+    ``out_dir`` is replaced only if an earlier conversion wrote it, with ``force``."""
     from elmforge.model.convert import corenet_to_hf
     from elmforge.model.profile import resolve_config
 
@@ -291,7 +293,7 @@ def corenet_to_model_dir(
             directory, tokenizer, require_tokenizer=tokenizer is not None, instruct=instruct
         )
 
-    return corenet_to_hf(checkpoint, out_dir, resolve_config(shape), finish=complete)
+    return corenet_to_hf(checkpoint, out_dir, resolve_config(shape), finish=complete, force=force)
 
 
 def completeness(model_dir: str | os.PathLike) -> dict[str, bool]:

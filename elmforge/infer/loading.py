@@ -15,6 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from elmforge.errors import CheckpointError, OptionError, first_line
+from elmforge.model.integrity import (
+    check_finite,
+    check_tensor_names,
+    check_tokenizer_fits,
+    safetensors_names,
+)
 from elmforge.model.layout import CONFIG, resolve_model_dir
 
 if TYPE_CHECKING:
@@ -37,13 +43,34 @@ DEFAULT_CONTEXT_LENGTH = 2048
 
 
 def pick_device(device: str = "auto") -> str:
-    """``auto`` is CUDA where there is a GPU, else the CPU; asking for a missing GPU is an error."""
+    """``auto`` is CUDA where there is a GPU, else the CPU; asking for a device this machine
+    does not have (a missing GPU, ``cuda:3`` on a one-GPU machine, ``tpu9``) is an error."""
     import torch
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError("device", f"{{option}} {device}: CUDA is not available on this machine")
+    expected = "expected auto, cpu, cuda, cuda:N or mps"
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise OptionError("device", f"{{option}} {device}: not a device ({expected})") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError(
+                "device", f"{{option}} {device}: CUDA is not available on this machine"
+            )
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise OptionError(
+                "device",
+                f"{{option}} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)",
+            )
+    elif parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise OptionError(
+                "device", f"{{option}} {device}: MPS is not available on this machine"
+            )
+    elif parsed.type != "cpu":
+        raise OptionError("device", f"{{option}} {device}: unsupported ({expected})")
     return device
 
 
@@ -146,12 +173,39 @@ def _load_weights(model_dir: Path | None, name: str, device: str, torch_dtype: t
 
     spec = str(model_dir or name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            spec, dtype=torch_dtype, trust_remote_code=False
+        if model_dir is not None:
+            _check_architecture(model_dir)
+        model, info = AutoModelForCausalLM.from_pretrained(
+            spec, dtype=torch_dtype, trust_remote_code=False, output_loading_info=True
         )
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{spec}: cannot load the model ({first_line(err)})") from None
+    # transformers initialises a missing tensor at random and carries on: refuse instead.
+    check_tensor_names(info["missing_keys"], (), spec)
+    check_finite(model.state_dict(), spec)
     return model.to(device).eval()
+
+
+def _check_architecture(model_dir: Path) -> None:
+    """Refuse weights that hold none of the tensors ``config.json``'s architecture needs (say an
+    OpenELM directory whose config says llama) before transformers builds a random model of it,
+    at that architecture's full size (a 7B Llama: 18 GB and two minutes, measured)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    names = safetensors_names(model_dir)
+    if not names:
+        return  # no safetensors (a .bin model): transformers' own report is checked after loading
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    prefix = f"{skeleton.base_model_prefix}."
+    expected = [name for name, _ in skeleton.named_parameters()]
+    if not {n.removeprefix(prefix) for n in expected} & {n.removeprefix(prefix) for n in names}:
+        raise CheckpointError(
+            f"{model_dir}: none of the tensors of a {config.model_type!r} model (such as "
+            f"{expected[0]}) is in its weights; does config.json name the right model_type?"
+        )
 
 
 @dataclass
@@ -206,6 +260,7 @@ def load(
     resolved_device = pick_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
     model = _load_weights(model_dir, str(path_or_name), resolved_device, torch_dtype)
+    check_tokenizer_fits(tokenizer, model, str(path_or_name))
     adapter_dir = None
     if adapter is not None:
         adapter_dir = Path(adapter)
@@ -228,4 +283,6 @@ def merge_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
     from elmforge.finetune.adapters import load_adapter
     from elmforge.finetune.adapters import merge_adapter as merge
 
-    return merge(load_adapter(model, adapter_dir))
+    merged = merge(load_adapter(model, adapter_dir))
+    check_finite(merged.state_dict(), str(adapter_dir))
+    return merged

@@ -16,8 +16,9 @@ import torch
 from transformers.initialization import no_init_weights
 
 from elmforge.errors import CheckpointError, first_line
-from elmforge.files import atomic_directory, atomic_write
+from elmforge.files import atomic_directory, atomic_write, claim_output
 from elmforge.model.config import OpenELMConfig
+from elmforge.model.integrity import check_finite, check_tensor_names, read_openelm_config
 from elmforge.model.modeling import OpenELMForCausalLM
 
 # Keys that training frameworks wrap a state dict in.
@@ -62,11 +63,12 @@ def load_corenet_state_dict(
         state[key] = value
     if embedding_key not in state:
         raise CheckpointError(f"{path}: no '{embedding_key}': not an OpenELM checkpoint")
+    check_finite(state, str(path))
     return state
 
 
 def corenet_to_hf_state_dict(
-    state: Mapping[str, torch.Tensor], config: OpenELMConfig
+    state: Mapping[str, torch.Tensor], config: OpenELMConfig, source: str = "checkpoint"
 ) -> dict[str, torch.Tensor]:
     """CoreNet names -> Apple's HF names, padding rows of the embedding (and head) trimmed."""
     hf_state = {}
@@ -74,7 +76,8 @@ def corenet_to_hf_state_dict(
         if key in (_EMBEDDING_KEY, *_HEAD_KEYS):
             if value.shape[0] < config.vocab_size:
                 raise CheckpointError(
-                    f"{key}: {value.shape[0]} rows, fewer than vocab_size={config.vocab_size}"
+                    f"{source}: {key} has {value.shape[0]} rows, fewer than the config's "
+                    f"vocab_size={config.vocab_size}"
                 )
             value = value[: config.vocab_size]
         hf_key = "lm_head.weight" if key in _HEAD_KEYS else f"transformer.{key}"
@@ -130,10 +133,11 @@ def save_pretrained_atomic(
     model: OpenELMForCausalLM,
     out_dir: str | os.PathLike,
     finish: Callable[[Path], None] | None = None,
+    verb: str | None = None,
 ) -> Path:
     """``save_pretrained`` into a temporary sibling directory, ``finish(it)`` (the caller's last
-    touches, e.g. tokenizer files) if given, then rename it into place."""
-    with atomic_directory(out_dir) as tmp:
+    touches, e.g. tokenizer files) if given, then rename it into place (recording ``verb``)."""
+    with atomic_directory(out_dir, verb=verb) as tmp:
         model.save_pretrained(tmp)
         if finish is not None:
             finish(tmp)
@@ -145,46 +149,54 @@ def corenet_to_hf(
     out_dir: str | os.PathLike,
     config: OpenELMConfig,
     finish: Callable[[Path], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Convert a CoreNet ``.pt`` checkpoint into an HF-layout directory (safetensors + config);
     ``finish`` is called on the directory before it is renamed into place (the model knows
-    nothing of tokenizers: :func:`elmforge.export.prepare.corenet_to_model_dir` completes it)."""
-    state = corenet_to_hf_state_dict(load_corenet_state_dict(checkpoint), config)
+    nothing of tokenizers: :func:`elmforge.export.prepare.corenet_to_model_dir` completes it).
+    ``out_dir`` may replace only an earlier conversion, with ``force``
+    (:func:`elmforge.files.claim_output`)."""
+    out_dir = claim_output(out_dir, "convert", force, inputs=(checkpoint,))
+    state = corenet_to_hf_state_dict(load_corenet_state_dict(checkpoint), config, str(checkpoint))
     dtype = state[f"transformer.{_EMBEDDING_KEY}"].dtype
     with no_init_weights():  # every tensor is about to be overwritten
         model = OpenELMForCausalLM(config).to(dtype)
     load_model_state(model, state, str(checkpoint))
     model.config.dtype = dtype
-    return save_pretrained_atomic(model, out_dir, finish)
+    return save_pretrained_atomic(model, out_dir, finish, verb="convert")
 
 
-def hf_to_corenet(model_dir: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Write an HF-layout OpenELM directory as a CoreNet ``.pt`` state dict."""
-    model = load_pretrained(model_dir)
-    state = hf_to_corenet_state_dict(model)
+def hf_to_corenet(
+    model_dir: str | os.PathLike, out_path: str | os.PathLike, force: bool = False
+) -> Path:
+    """Write an HF-layout OpenELM directory as a CoreNet ``.pt`` state dict (an existing file is
+    replaced only with ``force``)."""
+    out_path = claim_output(out_path, "convert", force, kind="file", inputs=(model_dir,))
+    state = hf_to_corenet_state_dict(load_pretrained(model_dir))
     return atomic_write(out_path, lambda tmp: torch.save(state, tmp))
 
 
 def load_pretrained(
     model_dir: str | os.PathLike, dtype: torch.dtype | str | None = None, device: str = "cpu"
 ) -> OpenELMForCausalLM:
-    """Load an HF-layout OpenELM directory, with one-line errors for missing or corrupt files."""
+    """Load an HF-layout OpenELM directory, with one-line errors for missing, corrupt or
+    inconsistent files (another architecture, a tensor missing, NaN or absurd values)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise CheckpointError(f"{model_dir}: no such model directory")
-    if not (model_dir / "config.json").is_file():
-        raise CheckpointError(f"{model_dir}: no config.json (not a model directory)")
-    try:
-        config = OpenELMConfig.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{model_dir / 'config.json'}: {first_line(err)}") from None
+    config = read_openelm_config(model_dir)
     if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
         raise CheckpointError(f"{model_dir}: no model weights (*.safetensors)")
     _check_safetensors(model_dir)
     try:
-        model = OpenELMForCausalLM.from_pretrained(model_dir, config=config, dtype=dtype or "auto")
+        model, info = OpenELMForCausalLM.from_pretrained(
+            model_dir, config=config, dtype=dtype or "auto", output_loading_info=True
+        )
     except Exception as err:
         raise CheckpointError(f"{model_dir}: cannot load weights ({first_line(err)})") from None
+    # transformers initialises a missing tensor at random and carries on: refuse instead.
+    check_tensor_names(info["missing_keys"], (), str(model_dir))
+    check_finite(model.state_dict(), str(model_dir))
     return model.to(device).eval()
 
 

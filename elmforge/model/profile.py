@@ -6,9 +6,10 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from elmforge.errors import CheckpointError, ConfigError
-from elmforge.files import atomic_write
+from elmforge.errors import ConfigError
+from elmforge.files import atomic_write, claim_output
 from elmforge.model.config import PRESETS, OpenELMConfig
+from elmforge.model.integrity import config_json_path, read_openelm_config
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,11 @@ def resolve_config(name_or_dir: str | os.PathLike) -> OpenELMConfig:
     text = str(name_or_dir)
     if text.lower() in {k.lower() for k in PRESETS}:
         return OpenELMConfig.from_name(text)
-    path = Path(text)
-    config_file = path / "config.json" if path.is_dir() else path
-    if not config_file.is_file():
+    if not config_json_path(text).is_file():
         raise ConfigError(
             f"{text}: neither a preset ({', '.join(PRESETS)}) nor a model directory with config.json"
         )
-    try:
-        return OpenELMConfig.from_json_file(config_file)
-    except ConfigError as err:
-        raise ConfigError(f"{config_file}: {err}") from None
-    except (OSError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{config_file}: not a valid OpenELM config ({err})") from None
+    return read_openelm_config(text)
 
 
 def layer_rows(config: OpenELMConfig) -> list[LayerRow]:
@@ -72,8 +66,12 @@ def profile_markdown(config: OpenELMConfig, title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_profile(config: OpenELMConfig, path: str | os.PathLike, title: str = "") -> Path:
-    """PNG of the layer-wise profile: heads and FFN width per layer."""
+def plot_profile(
+    config: OpenELMConfig, path: str | os.PathLike, title: str = "", force: bool = False
+) -> Path:
+    """PNG of the layer-wise profile: heads and FFN width per layer (an existing file is replaced
+    only with ``force``)."""
+    path = claim_output(path, "info", force, kind="file")
     import matplotlib
 
     matplotlib.use("Agg")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from elmforge.errors import CheckpointError, first_line
-from elmforge.files import atomic_directory, clean_temporaries
+from elmforge.files import atomic_directory, claim_output, clean_temporaries
 from elmforge.model.layout import WEIGHTS
 from elmforge.train.run_dir import CHECKPOINT_MODEL, CHECKPOINTS, RunDir
 
@@ -119,18 +119,48 @@ def checkpoint_step(path: Path) -> int:
     return int(match.group(1))
 
 
-def find_resume_checkpoint(run_dir: Path, report: Callable[[str], None] = print) -> Path | None:
-    """The newest intact checkpoint; corrupt ones are reported and skipped."""
+def find_resume_checkpoint(
+    run_dir: Path,
+    report: Callable[[str], None] = print,
+    check: Callable[[Path], None] = verify_checkpoint,
+) -> Path | None:
+    """The newest checkpoint that passes ``check`` (default: its manifest verifies); the others
+    are reported and skipped."""
     candidates = list(reversed(list_checkpoints(run_dir)))
     for i, path in enumerate(candidates):
         try:
-            verify_checkpoint(path)
+            check(path)
         except CheckpointError as err:
             following = candidates[i + 1].name if i + 1 < len(candidates) else None
             fallback = f"falling back to {following}" if following else "no earlier checkpoint"
             report(f"checkpoint {path.name} is unusable ({err}); {fallback}")
             continue
         return path
+    return None
+
+
+def load_resume_checkpoint(
+    run_dir: Path, report: Callable[[str], None] = print
+) -> tuple[Path, dict[str, Any]] | None:
+    """(path, state) of the newest checkpoint that verifies and loads (an optimizer state refused
+    as unsafe counts as unusable: the previous checkpoint is tried); None for a run without
+    checkpoints. A run whose checkpoints are all unusable is an error: starting again from step 0
+    would write over its metrics and checkpoints."""
+    loaded: dict[Path, dict[str, Any]] = {}
+
+    def verify_and_load(path: Path) -> None:
+        verify_checkpoint(path)
+        loaded[path] = load_checkpoint(path)
+
+    path = find_resume_checkpoint(run_dir, report, verify_and_load)
+    if path is not None:
+        return path, loaded[path]
+    count = len(list_checkpoints(run_dir))
+    if count:
+        raise CheckpointError(
+            f"{RunDir(run_dir).checkpoints}: none of the run's {count} checkpoint(s) is usable "
+            "(reasons above); move them away to start the run again from step 0"
+        )
     return None
 
 
@@ -188,13 +218,9 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- save / load ------------------------------------------------------------------------------------------
-def save_model_dir(
-    model_config: Any,
-    model_state: dict[str, torch.Tensor],
-    directory: Path,
-    tokenizer: Any = None,
-) -> None:
-    """Write an HF-layout model directory (not atomic: callers write into a temporary dir)."""
+def model_from_state(model_config: Any, model_state: dict[str, torch.Tensor], source: str) -> Any:
+    """An ``OpenELMForCausalLM`` holding ``model_state`` (its dtype); a mismatch with the config
+    is a one-line error naming ``source``."""
     from transformers.initialization import no_init_weights
 
     from elmforge.model.convert import load_model_state
@@ -207,14 +233,29 @@ def save_model_dir(
         state.pop("lm_head.weight", None)
     dtype = next(iter(state.values())).dtype
     model = model.to(dtype)
-    load_model_state(model, state, str(directory))
+    load_model_state(model, state, source)
     model.config.dtype = dtype
+    return model
+
+
+def save_model(model: Any, directory: Path, tokenizer: Any = None) -> None:
+    """``save_pretrained`` (and the tokenizer's) into ``directory``, without a progress bar."""
     with _quiet_transformers():
         model.save_pretrained(directory)
     if tokenizer is not None:  # a complete model directory (tokenizer files, generation config)
         from elmforge.export.prepare import complete_model_dir
 
         complete_model_dir(directory, tokenizer)
+
+
+def save_model_dir(
+    model_config: Any,
+    model_state: dict[str, torch.Tensor],
+    directory: Path,
+    tokenizer: Any = None,
+) -> None:
+    """Write an HF-layout model directory (not atomic: callers write into a temporary dir)."""
+    save_model(model_from_state(model_config, model_state, str(directory)), directory, tokenizer)
 
 
 @contextlib.contextmanager
@@ -257,42 +298,63 @@ def save_checkpoint(
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:
-    """``{"model", "optimizer", "rng", "trainer"}`` of a verified checkpoint directory."""
+    """``{"model", "optimizer", "rng", "trainer"}`` of a verified checkpoint directory; a file
+    that cannot be read, or holds more than tensors and plain containers (refused by
+    ``weights_only``: never unpickled), is a CheckpointError naming it."""
+    import pickle
+
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    try:
-        model_state = load_file(directory / CHECKPOINT_MODEL / WEIGHTS)
-        optimizer_state = torch.load(directory / OPTIMIZER_STATE, weights_only=True)
-        rng_states = torch.load(directory / RNG_STATE, weights_only=True)
-        trainer_state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
-    except (OSError, RuntimeError, ValueError) as err:
-        raise CheckpointError(f"{directory}: cannot load ({first_line(err)})") from None
-    return {
-        "model": model_state,
-        "optimizer": optimizer_state,
-        "rng": rng_states,
-        "trainer": trainer_state,
+    readers: dict[str, tuple[Path, Callable[[Path], Any]]] = {
+        "model": (directory / CHECKPOINT_MODEL / WEIGHTS, load_file),
+        "optimizer": (directory / OPTIMIZER_STATE, _load_tensors),
+        "rng": (directory / RNG_STATE, _load_tensors),
+        "trainer": (directory / TRAINER_STATE, lambda p: json.loads(p.read_text("utf-8"))),
     }
+    state = {}
+    for key, (path, read) in readers.items():
+        try:
+            state[key] = read(path)
+        except pickle.UnpicklingError:
+            raise CheckpointError(
+                f"{path}: refused as unsafe (it holds objects other than tensors; never unpickled)"
+            ) from None
+        except Exception as err:  # OSError, a truncated zip, bad JSON...
+            raise CheckpointError(f"{path}: cannot load ({first_line(err)})") from None
+    return state
+
+
+def _load_tensors(path: Path) -> Any:
+    return torch.load(path, weights_only=True)
 
 
 # -- averaging -------------------------------------------------------------------------------------------------
-def average_checkpoints(paths: list[Path], out_dir: Path) -> Path:
+def average_checkpoints(paths: list[Path], out_dir: Path, force: bool = False) -> Path:
     """The paper's checkpoint averaging: the element-wise mean of several checkpoints' weights.
 
-    ``paths`` name model directories (:func:`elmforge.model.layout.resolve_model_dir`: also
-    ``step-N`` checkpoint directories) of one run (same shapes). The mean is taken in float64 and
-    stored in the checkpoints' dtype; config and tokenizer come from the last path. Written
-    atomically to ``out_dir`` (HF layout).
+    ``paths`` name OpenELM model directories (:func:`elmforge.model.layout.resolve_model_dir`:
+    also ``step-N`` checkpoint directories) of one run (same shapes). The mean is taken in float64
+    and stored in the checkpoints' dtype; config and tokenizer come from the last path. Written
+    atomically to ``out_dir`` (HF layout), which may replace only an earlier average (with
+    ``force``; see :func:`elmforge.files.claim_output`).
     """
     from safetensors import safe_open
 
-    from elmforge.model.config import OpenELMConfig
-    from elmforge.model.layout import copy_model_files, resolve_model_dir
+    from elmforge.model.integrity import (
+        check_finite,
+        check_openelm_config,
+        read_config_json,
+        read_openelm_config,
+    )
+    from elmforge.model.layout import CONFIG, copy_model_files, resolve_model_dir
 
     if not paths:
         raise CheckpointError("average: no checkpoints given")
     model_dirs = [resolve_model_dir(p) for p in paths]
+    for model_dir in model_dirs:
+        check_openelm_config(read_config_json(model_dir), str(model_dir / CONFIG))
+    out_dir = claim_output(out_dir, "average", force, inputs=tuple(paths))
     total: dict[str, torch.Tensor] = {}
     dtypes: dict[str, torch.dtype] = {}
     for model_dir in model_dirs:
@@ -304,30 +366,33 @@ def average_checkpoints(paths: list[Path], out_dir: Path) -> Path:
                 keys = set(handle.keys())
                 if total and keys != set(total):
                     raise CheckpointError(
-                        f"{weights}: tensor names differ from {model_dirs[0] / 'model.safetensors'}"
+                        f"{weights}: tensor names differ from {model_dirs[0] / WEIGHTS}"
                     )
-                for key in keys:
-                    tensor = handle.get_tensor(key)
-                    if key in total and tensor.shape != total[key].shape:
-                        raise CheckpointError(
-                            f"{weights}: {key} has shape {tuple(tensor.shape)}, expected "
-                            f"{tuple(total[key].shape)}"
-                        )
-                    dtypes[key] = tensor.dtype
-                    total[key] = total[key] + tensor.double() if key in total else tensor.double()
+                tensors = {key: handle.get_tensor(key) for key in keys}
         except CheckpointError:
             raise
         except Exception as err:
-            raise CheckpointError(f"{weights}: corrupt or truncated ({err})") from None
+            raise CheckpointError(f"{weights}: corrupt or truncated ({first_line(err)})") from None
+        check_finite(tensors, str(weights))
+        for key, tensor in tensors.items():
+            if key in total and tensor.shape != total[key].shape:
+                raise CheckpointError(
+                    f"{weights}: {key} has shape {tuple(tensor.shape)}, expected "
+                    f"{tuple(total[key].shape)} (as in {model_dirs[0] / WEIGHTS})"
+                )
+            dtypes[key] = tensor.dtype
+            total[key] = total[key] + tensor.double() if key in total else tensor.double()
     averaged = {k: (v / len(model_dirs)).to(dtypes[k]) for k, v in total.items()}
     last = model_dirs[-1]
-    config = OpenELMConfig.from_pretrained(last)
-    with atomic_directory(Path(out_dir)) as tmp:
+    config = read_openelm_config(last)
+    # Checked before anything is written, so an error names the checkpoint, not a temporary.
+    model = model_from_state(config, averaged, str(last))
+    with atomic_directory(out_dir, verb="average") as tmp:
         from elmforge.export.prepare import complete_model_dir, is_instruct, read_config
 
         # The last checkpoint's small files (tokenizer, chat template), then the averaged model.
         copy_model_files(last, tmp, weights="skip")
-        save_model_dir(config, averaged, tmp)
+        save_model(model, tmp)
         instruct = is_instruct(out_dir) or is_instruct(last, read_config(last))
         complete_model_dir(tmp, instruct=instruct)
         sources = [str(p) for p in model_dirs]

@@ -121,8 +121,9 @@ class LogSection:
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
     """``auto``: a tqdm bar in a terminal, plain lines when not a TTY or when ``CI`` is set."""
     peak_flops: float | None = None
-    """Peak FLOP/s of one device for the MFU estimate. Unset: a table of GPUs (bf16 dense), and
-    on CPU an assumed 32 fp32 FLOP/cycle (two AVX2 FMA units) x 2.5 GHz x threads."""
+    """Peak FLOP/s of one device for the MFU estimate. Unset: a table of GPUs (bf16 dense); on CPU
+    the widest unit /proc/cpuinfo lists for the precision (fp32: AVX-512 64, AVX2 32 FLOP/cycle;
+    bf16: AMX 1024, AVX512-BF16 128) x an assumed 2.5 GHz x threads (indicative only)."""
 
 
 @dataclass

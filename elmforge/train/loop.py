@@ -38,15 +38,16 @@ import torch
 
 from elmforge.data.config import IGNORE_INDEX
 from elmforge.data.tokenizer_choice import resolve_tokenizer
-from elmforge.errors import ConfigError, ElmforgeError
-from elmforge.files import atomic_directory, atomic_write_text
+from elmforge.errors import CheckpointError, ConfigError, ElmforgeError
+from elmforge.files import atomic_directory, atomic_write_text, claim_work_directory, disk_error
 from elmforge.train import distributed as dist_utils
 from elmforge.train.checkpoint import (
     apply_retention,
     capture_rng_state,
     clean_stale_temporaries,
-    find_resume_checkpoint,
+    list_checkpoints,
     load_checkpoint,
+    load_resume_checkpoint,
     restore_rng_state,
     save_checkpoint,
     save_model_dir,
@@ -56,7 +57,8 @@ from elmforge.train.config import RunConfig
 from elmforge.train.logging import RunLogger
 from elmforge.train.mfu import flops_per_token, peak_flops_per_device
 from elmforge.train.optim import WarmupCosineSchedule, build_optimizer, loss_sums
-from elmforge.train.run_dir import RunDir
+from elmforge.train.resume_rules import check_resume_config, check_resume_step
+from elmforge.train.run_dir import RESERVED_NAMES, RunDir, is_run_dir
 
 LoaderFactory = Callable[..., Any]
 
@@ -76,6 +78,11 @@ def build_model_config(config: RunConfig, tokenizer: Any) -> Any:
     from elmforge.model.config import OpenELMConfig
 
     preset = OpenELMConfig.from_name(config.model.name, **config.model.shape)
+    if config.seq_len > preset.max_context_length:
+        raise ConfigError(
+            f"data.seq_len: {config.seq_len} exceeds the model's max_context_length "
+            f"{preset.max_context_length} (set model.shape.max_context_length)"
+        )
     needed = len(tokenizer)
     vocab = config.model.vocab_size
     if vocab == "auto":
@@ -83,11 +90,6 @@ def build_model_config(config: RunConfig, tokenizer: Any) -> Any:
     elif vocab < needed:
         raise ConfigError(
             f"model.vocab_size: {vocab} is smaller than the tokenizer's {needed} tokens"
-        )
-    if config.seq_len > preset.max_context_length:
-        raise ConfigError(
-            f"data.seq_len: {config.seq_len} exceeds the model's max_context_length "
-            f"{preset.max_context_length} (set model.shape.max_context_length)"
         )
     fields = dict(config.model.shape, vocab_size=vocab)
     for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
@@ -145,19 +147,42 @@ def pretrain(
     *,
     loader_factory: Callable[[str], Any] | None = None,
     tokenizer: Any = None,
+    force_resume: bool = False,
 ) -> Path:
     """Train per ``config`` into ``out_dir``; resume automatically; return ``out_dir/final``.
 
     ``loader_factory(split) -> loader`` and ``tokenizer`` replace the data pipeline (tests,
     custom data); a loader is an iterator of ``{"input_ids", "labels"}`` (B, S) batches whose
     labels are the next tokens (-100 ignored), with ``state_dict()``/``load_state_dict()``.
+
+    ``out_dir`` is new, empty, or a run directory (resumed). Resuming compares ``config`` with the
+    run's ``config.yaml`` (:mod:`elmforge.train.resume_rules`): a change that breaks exact
+    resumption is refused unless ``force_resume``.
     """
     out_dir = Path(out_dir)
+    run = RunDir(out_dir)
+    if not is_run_dir(out_dir):
+        claim_work_directory(out_dir, RESERVED_NAMES, "a run directory")
+    forced = {}
+    if list_checkpoints(out_dir):
+        forced = check_resume_config(run.config, config.to_dict(), force_resume, _main_print())
+    existed = out_dir.exists()
     env = dist_utils.init_distributed(config.train.device)
     try:
-        return _Trainer(config, out_dir, env, loader_factory, tokenizer).run()
+        return _Trainer(config, out_dir, env, loader_factory, tokenizer, bool(forced)).run()
+    except BaseException:
+        if not existed and env.is_main and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
+        raise
     finally:
         dist_utils.shutdown_distributed()
+
+
+def _main_print() -> Callable[[str], None]:
+    """``print`` on the main process (before the process group exists: by the launcher's rank)."""
+    import os
+
+    return print if os.environ.get("RANK", "0") == "0" else (lambda message: None)
 
 
 class _Trainer:
@@ -168,15 +193,20 @@ class _Trainer:
         env: dist_utils.DistEnv,
         loader_factory: Callable[[str], Any] | None,
         tokenizer: Any,
+        fresh_data: bool = False,
     ) -> None:
         self.config = config
+        self.fresh_data = fresh_data  # resumed with other data (--force-resume): start its stream
         self.out_dir = out_dir
         self.env = env
         if config.train.num_threads:
             torch.set_num_threads(config.train.num_threads)
         self.run_dir = RunDir(out_dir)
         if env.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            try:
+                out_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise disk_error(out_dir, err) from None
             clean_stale_temporaries(out_dir)
         dist_utils.barrier(env)
         seed_everything(config.seed)
@@ -241,17 +271,27 @@ class _Trainer:
 
     def _resume(self, loader: Any, logger_info: Callable[[str], None]) -> dict[str, Any] | None:
         env = self.env
-        path = find_resume_checkpoint(self.out_dir, logger_info) if env.is_main else None
-        path = dist_utils.broadcast_object(str(path) if path else None, env)
+        found, problem = None, None
+        if env.is_main:
+            try:
+                found = load_resume_checkpoint(self.out_dir, logger_info)
+            except CheckpointError as err:
+                problem = str(err)  # raised on every rank, so none waits in a collective
+        path, problem = dist_utils.broadcast_object(
+            (str(found[0]) if found else None, problem), env
+        )
+        if problem is not None:
+            raise CheckpointError(problem)
         if path is None:
             return None
-        state = load_checkpoint(Path(path))
+        state = found[1] if found else load_checkpoint(Path(path))
+        check_resume_step(self.config.schedule.max_steps, int(state["trainer"]["step"]), path)
         dist_utils.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         trainer = state["trainer"]
         same_world = trainer.get("world_size") == env.world_size
         rank_index = env.rank if same_world else 0
         global_order = self.config.train.data_sharding == "global_batch"
-        if same_world or global_order:
+        if (same_world or global_order) and not self.fresh_data:
             loader.load_state_dict(trainer["data"][rank_index])
         rng = state["rng"]
         restore_rng_state(rng[rank_index] if rank_index < len(rng) else rng[0])

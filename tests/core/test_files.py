@@ -102,3 +102,59 @@ def test_claim_output_rules(tmp_path):
         claim_output(other / "sub", "convert", inputs=(other,))
     with pytest.raises(ElmforgeError, match="contain the input"):
         claim_output(tmp_path, "convert", inputs=(other,), force=True)
+
+
+def test_files_written_inside_an_output_directory_follow_the_umask(tmp_path):
+    old = os.umask(0o002)
+    try:
+        with atomic_directory(tmp_path / "d") as tmp:
+            (tmp / "sub").mkdir(mode=0o700)
+            private = tmp / "sub" / "weights"
+            private.write_text("x")
+            os.chmod(private, 0o600)  # as safetensors and mkstemp write them
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "d" / "sub").stat().st_mode) == 0o775
+    assert stat.S_IMODE((tmp_path / "d" / "sub" / "weights").stat().st_mode) == 0o664
+
+
+def test_a_library_write_error_on_a_full_disk_says_so(tmp_path, monkeypatch):
+    import elmforge.files as files
+
+    def fails(tmp):
+        raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # torch.save
+
+    monkeypatch.setattr(files, "_disk_is_full", lambda path: True)
+    with pytest.raises(ElmforgeError, match=r"out\.pt: the disk is full"):
+        files.atomic_write(tmp_path / "out.pt", fails)
+    monkeypatch.setattr(files, "_disk_is_full", lambda path: False)
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # not a disk problem: as it was
+        files.atomic_write(tmp_path / "out.pt", fails)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_errors_inside_an_output_directory_name_the_output_not_the_temporary(tmp_path):
+    with pytest.raises(ElmforgeError) as caught, atomic_directory(tmp_path / "results") as tmp:
+        atomic_write_text(tmp / "results.json", "x")
+        raise ElmforgeError(f"{tmp / 'results.json'}: cannot write (boom)")
+    assert str(caught.value) == f"{tmp_path / 'results' / 'results.json'}: cannot write (boom)"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_claim_work_directory(tmp_path):
+    from elmforge.files import claim_work_directory
+
+    names = ("run", "demo.json")
+    assert claim_work_directory(tmp_path / "new", names, "a demo") == tmp_path / "new"
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "run").mkdir()
+    (tmp_path / "d" / ".run.tmp-1-x").mkdir()  # a killed write's temporary is not the user's
+    assert claim_work_directory(tmp_path / "d", names, "a demo") == tmp_path / "d"
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(ElmforgeError, match="holds 'notes.txt', which is not part of a demo"):
+        claim_work_directory(tmp_path / "d", names, "a demo")
+    with pytest.raises(ElmforgeError, match="exists and is not a directory"):
+        claim_work_directory(tmp_path / "d" / "notes.txt", names, "a demo")
+    run = make_run(tmp_path / "r")
+    with pytest.raises(ElmforgeError, match="belongs to the run directory"):
+        claim_work_directory(run / "checkpoints" / "x", names, "a demo")

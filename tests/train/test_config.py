@@ -155,3 +155,19 @@ def test_cli_reports_a_bad_value_in_one_line(capsys: pytest.CaptureFixture) -> N
 def test_apply_overrides_refuses_malformed_items() -> None:
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         apply_overrides({}, ["optim.lr"])
+
+
+def test_model_shape_applies_on_top_of_the_named_preset():
+    from elmforge.train.loop import build_model_config
+
+    class Tokenizer:
+        bos_token_id, eos_token_id, pad_token_id = 1, 2, None
+
+        def __len__(self) -> int:
+            return 300
+
+    run = {"model": {"name": "OpenELM-micro", "shape": {"num_transformer_layers": 3}},
+           "data": {"seq_len": 32}}  # fmt: skip
+    model = build_model_config(RunConfig.from_dict(run), Tokenizer())
+    assert model.num_transformer_layers == 3 and len(model.num_query_heads) == 3
+    assert model.vocab_size == 320  # auto: the tokenizer's size rounded up to 64
