@@ -297,6 +297,16 @@ def save_checkpoint(
     return final
 
 
+def checkpoint_world_size(directory: Path) -> int:
+    """The process count that wrote a checkpoint (its ``trainer_state.json``; 1 when unreadable:
+    the checkpoint's own checks report damage when it is loaded)."""
+    try:
+        state = json.loads((directory / TRAINER_STATE).read_text(encoding="utf-8"))
+        return int(state.get("world_size", 1))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 1
+
+
 def load_checkpoint(directory: Path) -> dict[str, Any]:
     """``{"model", "optimizer", "rng", "trainer"}`` of a verified checkpoint directory; a file
     that cannot be read, or holds more than tensors and plain containers (refused by

@@ -44,9 +44,14 @@ class DistEnv:
         return self.rank == 0
 
 
+def launcher_world_size() -> int:
+    """The process count the launcher (torchrun) set, 1 without one."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: str = "auto") -> DistEnv:
     """Join the process group when launched by torchrun; a single process otherwise."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = launcher_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())

@@ -44,6 +44,7 @@ from elmforge.train import distributed as dist_utils
 from elmforge.train.checkpoint import (
     apply_retention,
     capture_rng_state,
+    checkpoint_world_size,
     clean_stale_temporaries,
     list_checkpoints,
     load_checkpoint,
@@ -164,8 +165,12 @@ def pretrain(
     if not is_run_dir(out_dir):
         claim_work_directory(out_dir, RESERVED_NAMES, "a run directory")
     forced = {}
-    if list_checkpoints(out_dir):
-        forced = check_resume_config(run.config, config.to_dict(), force_resume, _main_print())
+    checkpoints = list_checkpoints(out_dir)
+    if checkpoints:
+        worlds = (checkpoint_world_size(checkpoints[-1]), dist_utils.launcher_world_size())
+        forced = check_resume_config(
+            run.config, config.to_dict(), force_resume, _main_print(), worlds
+        )
     existed = out_dir.exists()
     env = dist_utils.init_distributed(config.train.device)
     try:

@@ -6,10 +6,14 @@ The rule, stated once:
   run's checkpoints do not fit another model.
 - **Refused unless** ``force_resume``: keys that decide which tokens the model sees in which
   order: the data section's sources, tokenizer, sequence length, layout, filters, seed and
-  shuffle buffer; the batch (``train.micro_batch_size``, ``grad_accum``, ``global_batch_tokens``),
-  the data sharding and the worker count (each worker reads its own shards). A resumed run with
-  any of these changed is not the continuation of the run that was interrupted; with
-  ``force_resume`` it resumes anyway and says that exact resumption is off.
+  shuffle buffer; the batch, the data sharding and the worker count (each worker reads its own
+  shards). A resumed run with any of these changed is not the continuation of the run that was
+  interrupted; with ``force_resume`` it resumes anyway and says that exact resumption is off.
+  The batch is compared as the sequences one optimizer step consumes (processes x
+  ``train.micro_batch_size`` x ``grad_accum``; per process with ``by_rank`` sharding), so a
+  changed ``micro_batch_size``/``grad_accum``/``global_batch_tokens`` that keeps it (two
+  processes of 2 resumed by one of 4, ``global_batch`` sharding) is applied; a changed process
+  count alone is the trainer's to report (it keeps or restarts the data order).
 - **Applied from the resumed step on, and printed**: everything else: the optimiser
   (``optim.*``: the new values take effect at the next step), the schedule (``schedule.*``: the
   learning rate is a pure function of the step, so a longer ``max_steps`` stretches the cosine
@@ -40,12 +44,11 @@ EXACT_KEYS = (
     "data.min_characters",
     "data.min_tokens",
     "data.chunk_characters",
-    "train.micro_batch_size",
-    "train.grad_accum",
-    "train.global_batch_tokens",
     "train.data_sharding",
     "train.num_workers",
 )
+# Keys that decide the batch: compared through the sequences per optimizer step.
+BATCH_KEYS = ("train.micro_batch_size", "train.grad_accum", "train.global_batch_tokens")
 
 
 def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -80,19 +83,51 @@ def describe(changes: Mapping[str, tuple]) -> str:
     return ", ".join(f"{key} {_shown(a)} -> {_shown(b)}" for key, (a, b) in changes.items())
 
 
+def sequences_per_step(config: Mapping[str, Any], world_size: int) -> int | None:
+    """Sequences one optimizer step reads (all processes together) under ``config`` (a config
+    mapping, ``RunConfig.to_dict()``'s shape), None when it cannot be worked out."""
+    train, data = config.get("train") or {}, config.get("data") or {}
+    micro, accum = train.get("micro_batch_size"), train.get("grad_accum", "auto")
+    tokens, seq_len = train.get("global_batch_tokens"), data.get("seq_len")
+    if not isinstance(micro, int):
+        return None
+    if not isinstance(accum, int):
+        per_pass = micro * world_size * (seq_len if isinstance(seq_len, int) else 0)
+        accum = 1 if tokens is None else (tokens // per_pass if per_pass else None)
+    return None if accum is None else micro * accum * world_size
+
+
+def _batch_kept(
+    saved: Mapping[str, Any], current: Mapping[str, Any], worlds: tuple[int, int]
+) -> bool:
+    """Whether one optimizer step reads the same sequences from the same stream(s)."""
+    sharding = (current.get("train") or {}).get("data_sharding")
+    if sharding == "global_batch":  # one stream, cut into the global batch
+        before, after = sequences_per_step(saved, worlds[0]), sequences_per_step(current, worlds[1])
+    else:  # a stream per process: the process's share
+        before = sequences_per_step(saved, worlds[0])
+        after = sequences_per_step(current, worlds[1])
+        before = before // worlds[0] if before is not None else None
+        after = after // worlds[1] if after is not None else None
+    return before is not None and before == after
+
+
 def check_resume_config(
     saved_path: Path,
     current: Mapping[str, Any],
     force_resume: bool = False,
     report: Callable[[str], None] = print,
+    worlds: tuple[int, int] = (1, 1),
 ) -> dict[str, tuple]:
     """Compare the run's saved config with ``current`` (see the module docstring for the rule);
     return the changes that break exact resumption and ``force_resume`` let through (the data
-    stream then starts afresh: its saved position belongs to other data)."""
+    stream then starts afresh: its saved position belongs to other data). ``worlds``: the process
+    counts of the saved checkpoint and of this run."""
     if not saved_path.exists() and not saved_path.is_symlink():
         report(f"{saved_path} is missing: the resumed config cannot be compared with the run's")
         return {}
-    changes = config_changes(read_yaml(saved_path), current)
+    saved = read_yaml(saved_path)
+    changes = config_changes(saved, current)
     model = {k: v for k, v in changes.items() if _among(k, MODEL_KEYS)}
     if model:
         raise CheckpointError(
@@ -100,6 +135,9 @@ def check_resume_config(
             "this model; keep the run's model settings or pick a new run directory"
         )
     refused = {k: v for k, v in changes.items() if _among(k, EXACT_KEYS)}
+    batch = {k: v for k, v in changes.items() if k in BATCH_KEYS}
+    if batch and not _batch_kept(saved, current, worlds):
+        refused.update(batch)
     applied = {k: v for k, v in changes.items() if k not in refused}
     if refused and not force_resume:
         raise ConfigError(

@@ -79,7 +79,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from elmforge.data.sources import iter_texts
     from elmforge.data.tokenizer import train_bpe_tokenizer, train_tokenizer_output
     from elmforge.evaluate.harness import EvalRequest, evaluate_model
-    from elmforge.infer.loading import load_model_and_tokenizer
+    from elmforge.infer.loading import load
     from elmforge.model.convert import corenet_to_hf, hf_to_corenet
     from elmforge.model.profile import resolve_config
     from elmforge.train import RunConfig, average_checkpoints, pretrain
@@ -126,9 +126,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.save({"model": {"token_embeddings.weight": torch.zeros(2, 2)}, "x": Unsafe()},
                root / "unsafe.pt")  # fmt: skip
     train_tokenizer_output(texts, 300, root / "tok-out")
-    loaded_model, tokenizer = load_model_and_tokenizer(model, device="cpu")
+    loaded = load(model, device="cpu")
     request = EvalRequest(perplexity_data="builtin:python-docs", limit=1, out_dir=root / "ev")
-    evaluate_model(loaded_model, tokenizer, request)
+    evaluate_model(loaded.model, loaded.tokenizer, request)
 
     (root / "file.txt").write_text("mine\n")
     (root / "mine").mkdir()

@@ -144,6 +144,7 @@ def test_prepare_out_writes_a_complete_copy_and_leaves_the_source(sp_model, tmp_
 
 def test_training_outputs_and_averages_are_complete(sp_model, tmp_path):
     from elmforge.data.tokenizer import load_tokenizer
+    from elmforge.files import output_verb
     from elmforge.train.checkpoint import average_checkpoints, save_model_dir
 
     tokenizer = load_tokenizer(sp_model)
@@ -159,7 +160,8 @@ def test_training_outputs_and_averages_are_complete(sp_model, tmp_path):
     (dirs[-1] / "model.gguf").write_bytes(b"GGUF stale")
     averaged = average_checkpoints(dirs, tmp_path / "averaged")
     assert completeness(averaged) == {**COMPLETE, "chat_template": False}
-    assert not (averaged / ".elmforge-output").exists() and not (averaged / "model.gguf").exists()
+    # The marker is average's own (what lets `average --force` replace it), not prepare's.
+    assert output_verb(averaged) == "average" and not (averaged / "model.gguf").exists()
 
 
 def test_corenet_to_hf_output_is_complete(sp_model, tmp_path):

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from elmforge.errors import CheckpointError, ConfigError
 from elmforge.train import RunConfig, pretrain
 from elmforge.train.checkpoint import list_checkpoints
-from elmforge.train.resume_rules import config_changes
+from elmforge.train.resume_rules import check_resume_config, config_changes
 from tests.train.helpers import micro_run, read_metrics
 
 
@@ -141,6 +142,38 @@ def test_config_changes_compare_section_keys() -> None:
         "optim.lr": (1.0, 2.0),
         "model.shape": ({}, {"a": 1}),
     }
+
+
+@pytest.mark.parametrize(
+    ("sharding", "saved", "current", "worlds", "kept"),
+    [
+        # Two processes of 2 resumed by one of 4 read the same global batch from one stream.
+        ("global_batch", {"micro_batch_size": 2}, {"micro_batch_size": 4}, (2, 1), True),
+        ("global_batch", {"micro_batch_size": 2}, {"micro_batch_size": 2, "grad_accum": 2},
+         (2, 1), True),
+        ("global_batch", {"micro_batch_size": 2}, {"micro_batch_size": 3}, (1, 1), False),
+        # A stream per process: the process's share must stay.
+        ("by_rank", {"micro_batch_size": 2}, {"micro_batch_size": 4}, (2, 1), False),
+        ("by_rank", {"micro_batch_size": 4}, {"micro_batch_size": 2, "grad_accum": 2},
+         (1, 1), True),
+        # global_batch_tokens decides grad_accum: 128 tokens of seq_len 32 are 4 sequences.
+        ("global_batch", {"micro_batch_size": 4}, {"micro_batch_size": 2,
+         "global_batch_tokens": 128}, (1, 1), True),
+    ],
+)  # fmt: skip
+def test_a_batch_change_is_judged_by_the_sequences_per_step(
+    tmp_path: Path, sharding: str, saved: dict, current: dict, worlds: tuple, kept: bool
+) -> None:
+    def config(train: dict) -> dict:
+        return {"data": {"seq_len": 32}, "train": {"data_sharding": sharding, **train}}
+
+    saved_path = tmp_path / "config.yaml"
+    saved_path.write_text(yaml.safe_dump(config(saved)))
+    if kept:
+        assert check_resume_config(saved_path, config(current), worlds=worlds) == {}
+    else:
+        with pytest.raises(ConfigError, match="train.micro_batch_size .*--force-resume"):
+            check_resume_config(saved_path, config(current), worlds=worlds)
 
 
 def test_run_outputs_follow_the_umask(tmp_path: Path, bpe_tokenizer_dir: Path) -> None:
