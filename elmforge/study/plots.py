@@ -79,18 +79,23 @@ def plot_arm_losses(arms: dict[str, dict[str, Any]], title: str, path: Path) -> 
     """Each run's final validation loss (points) and each arm's mean with its 95% interval."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
+    points: list[dict[int, tuple[float, float]]] = []
     for x, (arm, entry) in enumerate(arms.items()):
         color = ARM_COLORS.get(arm, "tab:gray")
         values = [run["val_loss"] for run in entry["runs"]]
         offsets = [(i - (len(values) - 1) / 2) * 0.06 for i in range(len(values))]
-        ax.scatter([x + 0.18 + o for o in offsets], values, color=color, alpha=0.6, s=18,
-                   label=f"{arm}: each seed")  # fmt: skip
+        xs = [x + 0.18 + o for o in offsets]
+        ax.scatter(xs, values, color=color, alpha=0.6, s=18, label=f"{arm}: each seed")
+        points.append({run["seed"]: (px, v) for run, px, v in zip(entry["runs"], xs, values)})
         mean, ci = entry["val_loss_mean"], entry["val_loss_ci95"]
         if ci is not None:
             ax.errorbar([x], [mean], yerr=[[mean - ci[0]], [ci[1] - mean]], fmt="o",
                         color=color, capsize=6, markersize=7, label=f"{arm}: mean, 95% CI")  # fmt: skip
         else:
             ax.plot([x], [mean], "o", color=color, markersize=7, label=f"{arm}: one seed")
+    for seed in set(points[0]).intersection(*points[1:]):  # the arms of a seed, paired
+        ax.plot(*zip(*(arm_points[seed] for arm_points in points)), color="gray", alpha=0.35,
+                linewidth=0.8, zorder=0)  # fmt: skip
     ax.set_xticks(range(len(arms)), [ARM_LABELS.get(a, a) for a in arms])
     ax.set_xlim(-0.6, len(arms) - 0.4)
     ax.set_ylabel("final validation loss (nats/token)")

@@ -3,7 +3,8 @@
 ``report.json`` holds ``arms.lws`` and ``arms.uniform``, each with ``parameters``, ``config``
 (the model section), ``runs`` (one per seed: ``seed``, ``run_dir``, ``val_loss``, ``val_ppl``,
 ``tokens``, ...), ``val_loss_mean`` and ``val_loss_ci95``; ``difference`` (LWS minus uniform:
-Welch's interval, and the paired-by-seed one), ``seeds``, ``conclusion`` and ``notes``.
+Welch's interval, and the paired-by-seed one), ``seeds``, ``conclusion`` (Welch),
+``paired_conclusion`` and ``notes``.
 """
 
 from __future__ import annotations
@@ -29,8 +30,11 @@ def _last(records: list[dict[str, Any]], key: str) -> Any:
     return next((r[key] for r in reversed(records) if r.get(key) is not None), None)
 
 
-def conclusion(difference: Difference, seeds: int, quantity: str = "validation loss") -> str:
-    """What the difference LWS minus uniform says, with its uncertainty, in one sentence."""
+def conclusion(
+    difference: Difference, seeds: int, quantity: str = "validation loss", paired: bool = False
+) -> str:
+    """What the difference LWS minus uniform says, with its uncertainty, in one sentence: Welch's
+    test of the two arms' means, or (``paired``) the test of the per-seed differences."""
     d = difference.difference
     if difference.ci95 is None:
         return (
@@ -38,17 +42,37 @@ def conclusion(difference: Difference, seeds: int, quantity: str = "validation l
             "this is a single observation, not a ranking."
         )
     low, high = difference.ci95
+    test = "paired t" if paired else "Welch t"
     stats = f"95% CI [{low:+.4f}, {high:+.4f}]"
     if difference.t is not None:
-        stats += f", Welch t = {difference.t:.2f}, df = {difference.df:.1f}, p = {difference.p_value:.3g}"
-    stats += f", {seeds} seeds per arm"
+        stats += f", {test} = {difference.t:.2f}, df = {difference.df:.1f}"
+        stats += f", p = {difference.p_value:.3g}"
+    stats += f", {seeds} {'pairs' if paired else 'seeds per arm'}"
+    if paired:
+        # Both arms of a seed read the same batches in the same order: the seed's share of the
+        # spread cancels in the per-seed difference (Welch's test of the two means keeps it).
+        prefix = "Paired by seed (the arms of a seed share their data order): "
+        if high < 0 or low > 0:
+            lower = "layer-wise scaling" if high < 0 else "the matched uniform model"
+            return f"{prefix}{lower} is lower, LWS minus uniform {quantity} {d:+.4f} ({stats})."
+        return (
+            f"{prefix}not resolved, LWS minus uniform {quantity} {d:+.4f} ({stats}); the "
+            "interval includes 0."
+        )
     if high < 0:
-        return f"Layer-wise scaling reached a lower {quantity} than the matched uniform model: {d:+.4f} ({stats})."
+        return (
+            f"Layer-wise scaling reached a lower {quantity} than the matched uniform model: "
+            f"{d:+.4f} ({stats})."
+        )
     if low > 0:
-        return f"The matched uniform model reached a lower {quantity} than layer-wise scaling: LWS minus uniform {d:+.4f} ({stats})."
+        return (
+            f"The matched uniform model reached a lower {quantity} than layer-wise scaling: "
+            f"LWS minus uniform {d:+.4f} ({stats})."
+        )
     return (
         f"No difference resolved: LWS minus uniform {quantity} {d:+.4f} ({stats}); the interval "
-        "includes 0, so at this budget the two allocations cannot be told apart."
+        "includes 0, so Welch's test of the two means cannot tell the allocations apart at this "
+        "budget."
     )
 
 
@@ -123,6 +147,7 @@ def build_lws_report(
         "arms": arms,
         "difference": {"lws_minus_uniform": welch.to_dict(), "paired_by_seed": paired.to_dict()},
         "conclusion": conclusion(welch, seeds),
+        "paired_conclusion": conclusion(paired, seeds, paired=True),
         "notes": [ONE_SEED_NOTE] if seeds < 2 else [],
         "match": plan["match"],
         "evaluation": plan["evaluation"],
@@ -139,11 +164,14 @@ def build_lws_report(
 
 
 def _short_title(report: dict[str, Any]) -> str:
-    d = report["difference"]["lws_minus_uniform"]
-    ci = d["ci95"]
-    interval = f", 95% CI [{ci[0]:+.4f}, {ci[1]:+.4f}]" if ci else " (one seed: no interval)"
+    welch, paired = (report["difference"][k] for k in ("lws_minus_uniform", "paired_by_seed"))
+    if not welch["ci95"]:
+        return f"LWS minus uniform: {welch['difference']:+.4f} nats (one seed: no interval)"
+    intervals = [f"{label} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                 for label, d in (("Welch", welch), ("paired", paired)) if d["ci95"]]  # fmt: skip
     return (
-        f"LWS minus uniform: {d['difference']:+.4f} nats{interval}, {report['seeds']} seed(s)/arm"
+        f"LWS minus uniform: {welch['difference']:+.4f} nats, {report['seeds']} seeds/arm\n"
+        f"95% CI {', '.join(intervals)} (lines join the arms of a seed)"
     )
 
 
@@ -156,7 +184,7 @@ def render_lws_markdown(report: dict[str, Any], command: str | None = None) -> s
     lines = ["# Layer-wise scaling against a matched uniform model", ""]
     if command:
         lines += ["```", command, "```", ""]
-    lines += [f"**{report['conclusion']}**", ""]
+    lines += [f"**{report['conclusion']}**", "", report["paired_conclusion"], ""]
     if report.get("zero_shot_conclusion"):
         lines += [report["zero_shot_conclusion"], ""]
     lines += [f"- note: {note}" for note in report["notes"]] + ([""] if report["notes"] else [])
@@ -247,5 +275,6 @@ def write_lws_report(
     for note in result["notes"]:
         print(f"elmforge study lws: note: {note}", file=sys.stderr, flush=True)
     report(f"[study] {result['conclusion']}")
+    report(f"[study] {result['paired_conclusion']}")
     report(f"[study] report: {out_dir / 'report.md'}")
     return result

@@ -57,11 +57,12 @@ def test_tiny_study_end_to_end_then_resumed(tmp_path, bpe_tokenizer_dir, capsys)
     assert report["difference"]["lws_minus_uniform"]["difference"] == pytest.approx(
         report["arms"]["lws"]["val_loss_mean"] - report["arms"]["uniform"]["val_loss_mean"]
     )
-    assert report["conclusion"] and report["notes"] == []
+    assert report["conclusion"] and report["paired_conclusion"] and report["notes"] == []
     for name in ("report.md", "loss_curves.png", "val_loss.png", "profile.png"):
         assert (out / name).stat().st_size > 0
     assert (out / "val_loss.png").read_bytes()[:4] == b"\x89PNG"
     assert "| lws |" in (out / "report.md").read_text()
+    assert report["paired_conclusion"] in (out / "report.md").read_text()
 
     # -- parameters matched, the uniform arm uniform --------------------------------------------
     lws, uniform = (report["arms"][arm] for arm in ("lws", "uniform"))
