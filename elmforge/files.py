@@ -19,22 +19,40 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
-from elmforge.errors import ElmforgeError
+from elmforge.errors import ElmforgeError, first_line
 from elmforge.train.run_dir import RESERVED_NAMES, enclosing_run_dir, is_run_dir
 
 OUTPUT_MARKER = ".elmforge-output"
-_TEMP_TAGS = (".tmp-", ".old-")
+
+
+def _read_umask_once() -> int:
+    # os.umask can only be read by setting it: done once, at import (before any thread of ours).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _read_umask_once()
 
 
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process's umask, read from /proc/self/status on Linux (so a later change counts)
+    and never by setting it: ``os.umask(0)`` per write would open a window in which a file
+    another thread (TensorBoard's writer, a tokenizer) creates is world-writable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
 
 
 def _apply_umask(path: Path, directory: bool) -> None:
@@ -68,16 +86,37 @@ def _disk_is_full(path: Path) -> bool:
     return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
 
 
-def _write_failed(path: Path, probe: Path, err: BaseException) -> BaseException:
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def _write_failed(path: Path, probe: Path, err: BaseException, tmp: Path) -> BaseException:
     """The error to raise for a write of ``path`` that failed with ``err`` (``probe``: a
-    directory on the same filesystem): one line naming ``path``, never the temporary."""
+    directory on the same filesystem; ``tmp``: the temporary being written): one line naming
+    ``path``, never the temporary, or, for a file that is neither (an input the writer read),
+    that file: a missing input is not a failure to write the output."""
     if isinstance(err, OSError):
+        other = _other_file(err, path, tmp)
+        if other is not None and err.errno not in _DISK_ERRNOS:
+            return ElmforgeError(f"{other}: {err.strerror or first_line(err)}")
         return disk_error(path, err)
     if isinstance(err, ElmforgeError):
         return err
     if _disk_is_full(probe):
         return disk_error(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
     return err
+
+
+def _other_file(err: OSError, path: Path, tmp: Path) -> str | None:
+    """The file ``err`` names when it is neither the output, nor the temporary, nor inside
+    them."""
+    for name in (err.filename, err.filename2):
+        if name is None or isinstance(name, int):
+            continue
+        named = Path(os.fsdecode(name)).absolute()
+        ours = (path.absolute(), tmp.absolute())
+        if not any(named == p or p in named.parents for p in ours):
+            return str(os.fsdecode(name))
+    return None
 
 
 def _fsync_file(path: Path) -> None:
@@ -138,7 +177,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except Exception as err:
-        raised = _write_failed(path, path.parent, err)
+        raised = _write_failed(path, path.parent, err, tmp)
         if raised is err:
             raise
         raise raised from None
@@ -202,6 +241,10 @@ def atomic_directory(final: str | os.PathLike, verb: str | None = None) -> Itera
     """Yield a temporary sibling of ``final``; on success rename it to ``final`` (replacing it).
 
     ``verb`` records the producing verb in the directory's marker (see :func:`claim_output`).
+    An existing ``final`` is first moved into a hidden holder (``.NAME.old-PID-XXXX/NAME``) and
+    deleted only once the new one is in place; whatever stops the swap (an error, Ctrl-C) puts
+    it back. A process killed between the two renames leaves it in the holder, from which
+    :func:`clean_temporaries` restores it.
     """
     final = Path(final)
     _make_parent(final)
@@ -209,7 +252,8 @@ def atomic_directory(final: str | os.PathLike, verb: str | None = None) -> Itera
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
     except OSError as err:
         raise disk_error(final, err) from None
-    old: Path | None = None
+    holder: Path | None = None
+    done = False
     try:
         _apply_umask(tmp, directory=True)
         yield tmp
@@ -217,19 +261,15 @@ def atomic_directory(final: str | os.PathLike, verb: str | None = None) -> Itera
             (tmp / OUTPUT_MARKER).write_text(json.dumps({"verb": verb}) + "\n", encoding="utf-8")
         _finish_tree(tmp)
         if final.exists() or final.is_symlink():
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
-            final.rename(old)
-            try:
-                tmp.rename(final)
-            except OSError:
-                old.rename(final)  # put the previous output back
-                old = None
-                raise
-        else:
-            tmp.rename(final)
+            holder = Path(
+                tempfile.mkdtemp(prefix=f".{final.name}.old-{os.getpid()}-", dir=final.parent)
+            )
+            final.rename(holder / final.name)
+        tmp.rename(final)
+        done = True
         fsync_dir(final.parent)
     except Exception as err:
-        raised = _write_failed(final, final.parent, err)
+        raised = _write_failed(final, final.parent, err, tmp)
         if isinstance(raised, ElmforgeError) and str(tmp) in str(raised):
             # A nested write named a file in the temporary directory: name the output instead.
             raised = _renamed(raised, str(tmp), str(final))
@@ -237,9 +277,19 @@ def atomic_directory(final: str | os.PathLike, verb: str | None = None) -> Itera
             raise
         raise raised from None
     finally:
+        if holder is not None and not done:
+            _restore_old(holder, final)
         shutil.rmtree(tmp, ignore_errors=True)
-        if old is not None:
-            _remove(old)
+        if holder is not None and (done or not (holder / final.name).exists()):
+            _remove(holder)
+
+
+def _restore_old(holder: Path, final: Path) -> None:
+    """Put the copy a holder keeps back at ``final`` (if ``final`` is not there)."""
+    kept = holder / final.name
+    if (kept.exists() or kept.is_symlink()) and not (final.exists() or final.is_symlink()):
+        with contextlib.suppress(OSError):
+            kept.rename(final)
 
 
 def _renamed(err: ElmforgeError, old: str, new: str) -> ElmforgeError:
@@ -256,15 +306,42 @@ def _remove(path: Path) -> None:
             path.unlink()
 
 
-def clean_temporaries(directory: str | os.PathLike, prefix: str = "") -> None:
-    """Remove the temporaries a killed write left in ``directory`` (names ``.X.tmp-*``/``.X.old-*``)."""
+# .NAME.tmp-PID-XXXX / .NAME.old-PID-XXXX (this module's); without a PID, an older spelling.
+_TEMPORARY = re.compile(r"^\.(?P<name>.+?)\.(?P<tag>tmp|old)-(?:(?P<pid>\d+)(?:-|$))?")
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing while it cleans
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, as another user's process
+        return True
+    return True
+
+
+def clean_temporaries(
+    directory: str | os.PathLike, names: Callable[[str], bool] | None = None
+) -> None:
+    """Remove the temporaries a killed write left in ``directory`` (``.NAME.tmp-PID-*``,
+    ``.NAME.old-PID-*``), only those of names ``names`` accepts (None: any) and only of
+    processes that are no longer running (a live ``average --out RUN/averaged`` keeps its own).
+    A holder of an old copy whose ``NAME`` is missing (killed between the two renames of
+    :func:`atomic_directory`) is put back at ``NAME`` instead: it may be the only copy."""
     directory = Path(directory)
     if not directory.is_dir():
         return
     for path in directory.iterdir():
-        name = path.name
-        if name.startswith("." + prefix) and is_temporary(name):
-            _remove(path)
+        match = _TEMPORARY.match(path.name)
+        if match is None or (names is not None and not names(match["name"])):
+            continue
+        if match["pid"] is not None and _alive(int(match["pid"])):
+            continue
+        if match["tag"] == "old" and path.is_dir() and not path.is_symlink():
+            _restore_old(path, directory / match["name"])
+        _remove(path)
 
 
 # -- what may be overwritten ------------------------------------------------------------------
@@ -282,6 +359,22 @@ def output_verb(path: str | os.PathLike) -> str | None:
         return json.loads((Path(path) / OUTPUT_MARKER).read_text(encoding="utf-8")).get("verb")
     except (OSError, ValueError, AttributeError):
         return None
+
+
+def _run_positions(path: Path) -> list[tuple[Path, Path]]:
+    """(place, run) for each place a write at ``path`` touches that is a run directory or inside
+    one: the entry itself (its parent resolved: a symbolic link is replaced, not followed) and
+    where it resolves to (``RUN/..``, ``RUN/sub/..``, a link into or out of a run)."""
+    resolved = path.resolve()
+    places = [resolved]
+    if path.name not in ("", ".", ".."):
+        places.insert(0, path.parent.resolve() / path.name)
+    found = []
+    for place in dict.fromkeys(places):
+        run = place if is_run_dir(place) else enclosing_run_dir(place.parent)
+        if run is not None and place.is_relative_to(run):
+            found.append((place, run))
+    return found
 
 
 def claim_output(
@@ -316,16 +409,15 @@ def claim_output(
             raise ElmforgeError(f"{path}: the output must not be inside the input {given}")
         if resolved in source.parents:
             raise ElmforgeError(f"{path}: the output must not contain the input {given}")
-    if is_run_dir(path):
-        raise ElmforgeError(f"{path}: is a run directory; a run is never replaced")
-    run = enclosing_run_dir(path.parent)
-    if run is not None:
-        top = resolved.relative_to(run).parts[0]
+    for where, run in _run_positions(path):
+        if where == run:
+            raise ElmforgeError(f"{path}: is a run directory; a run is never replaced")
+        top = where.relative_to(run).parts[0]
         if kind == "directory":
             ours = output_verb(path) == verb
         else:
             ours = signature is not None and _begins_with(path, signature)
-        if top in RESERVED_NAMES or (path.exists() and not ours):
+        if top in RESERVED_NAMES or ((path.exists() or path.is_symlink()) and not ours):
             raise ElmforgeError(f"{path}: belongs to the run directory {run}; pick another path")
     if not path.exists() and not path.is_symlink():
         return path
@@ -340,19 +432,20 @@ def claim_output(
             raise ElmforgeError(f"{path}: exists and is {what}; pick another path")
         if not force:
             raise ElmforgeError(
-                f"{path}: exists (an earlier `elmforge {verb}`); --force replaces it"
+                f"{path}: exists (an earlier `elmforge {verb}`); {{option}} replaces it",
+                option="force",
             )
         return path
     if path.is_dir():
         raise ElmforgeError(f"{path}: is a directory, expected a file path")
     if not force:
-        raise ElmforgeError(f"{path}: exists; --force replaces it")
+        raise ElmforgeError(f"{path}: exists; {{option}} replaces it", option="force")
     return path
 
 
 def is_temporary(name: str) -> bool:
     """Whether ``name`` is one of this module's temporaries (``.X.tmp-*``, ``.X.old-*``)."""
-    return name.startswith(".") and any(tag in name for tag in _TEMP_TAGS)
+    return _TEMPORARY.match(name) is not None
 
 
 def claim_work_directory(
@@ -372,9 +465,9 @@ def claim_work_directory(
         raise ElmforgeError(f"{path}: a dangling symbolic link")
     if path.exists() and not path.is_dir():
         raise ElmforgeError(f"{path}: exists and is not a directory (expected {what})")
-    run = enclosing_run_dir(path.parent)
-    if run is not None and path.resolve().relative_to(run).parts[0] in RESERVED_NAMES:
-        raise ElmforgeError(f"{path}: belongs to the run directory {run}; pick another path")
+    for where, run in _run_positions(path):
+        if where != run and where.relative_to(run).parts[0] in RESERVED_NAMES:
+            raise ElmforgeError(f"{path}: belongs to the run directory {run}; pick another path")
     if path.is_dir():
         try:
             names = sorted(p.name for p in path.iterdir())

@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from elmforge.errors import CheckpointError, first_line
+from elmforge.errors import CheckpointError, OptionError, first_line
 from elmforge.files import atomic_directory, claim_output, clean_temporaries
 from elmforge.model.layout import WEIGHTS
-from elmforge.train.run_dir import CHECKPOINT_MODEL, CHECKPOINTS, RunDir
+from elmforge.train.run_dir import CHECKPOINT_MODEL, CHECKPOINTS, RESERVED_NAMES, RunDir
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
@@ -51,8 +51,10 @@ def step_dir_name(step: int) -> str:
 
 def clean_stale_temporaries(run_dir: Path) -> None:
     """Remove what a killed run left half-written (checkpoints, final/, config.yaml, loss.png);
-    complete checkpoints are never touched."""
-    clean_temporaries(run_dir)
+    complete checkpoints are never touched, nor the temporaries of other verbs writing into the
+    run (``average --out RUN/averaged``) or of processes still running, and an old ``final/``
+    that a kill left aside is put back (:func:`elmforge.files.clean_temporaries`)."""
+    clean_temporaries(run_dir, names=RESERVED_NAMES.__contains__)
     clean_temporaries(RunDir(run_dir).checkpoints)
 
 
@@ -165,7 +167,9 @@ def load_resume_checkpoint(
 
 
 def latest_checkpoints(run_dir: Path, count: int) -> list[Path]:
-    """The ``count`` newest intact checkpoints' model directories, oldest first."""
+    """The ``count`` (>= 1) newest intact checkpoints' model directories, oldest first."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise OptionError("count", f"{{option}} {count}: must be at least 1", flag="--last")
     good = []
     for path in reversed(list_checkpoints(run_dir)):
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -56,12 +57,146 @@ def test_writing_a_file_onto_a_directory_is_refused(tmp_path):
         atomic_write_text(tmp_path, "x")
 
 
+def _dead_pid() -> int:
+    """The id of a process that has exited."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 def test_clean_temporaries(tmp_path):
-    (tmp_path / ".x.tmp-1-abc").mkdir()
-    (tmp_path / ".y.old-2").write_text("")
+    dead = _dead_pid()
+    (tmp_path / f".x.tmp-{dead}-abc").mkdir()
+    (tmp_path / f".y.old-{dead}").write_text("")
     (tmp_path / "keep").write_text("")
+    (tmp_path / ".z.tmp-abc").write_text("")  # no PID (an older spelling): stale
     clean_temporaries(tmp_path)
-    assert [p.name for p in tmp_path.iterdir()] == ["keep"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep"]
+
+
+def test_clean_temporaries_spares_live_writers_and_other_names_and_restores_old_copies(tmp_path):
+    dead = _dead_pid()
+    live = os.getppid()  # pytest's parent: a running process that is not this one
+    (tmp_path / f".averaged.tmp-{live}-abc").mkdir()  # a running `average --out RUN/averaged`
+    (tmp_path / f".config.yaml.tmp-{dead}-x.yaml").write_text("half")
+    (tmp_path / f".notes.tmp-{dead}-x").write_text("someone else's")
+    holder = tmp_path / f".final.old-{dead}-abc"  # killed between the two renames
+    (holder / "final").mkdir(parents=True)
+    (holder / "final" / "model.safetensors").write_text("the only copy")
+    clean_temporaries(tmp_path, names=lambda name: name in ("final", "config.yaml", "averaged"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f".averaged.tmp-{live}-abc",
+        f".notes.tmp-{dead}-x",
+        "final",
+    ]
+    assert (tmp_path / "final" / "model.safetensors").read_text() == "the only copy"
+
+
+@pytest.mark.parametrize("stop", [OSError(18, "Invalid cross-device link"), KeyboardInterrupt()])
+def test_a_failed_swap_puts_the_old_output_back(tmp_path, monkeypatch, stop):
+    target = tmp_path / "out"
+    with atomic_directory(target, verb="v") as tmp:
+        (tmp / "f").write_text("old")
+    real = Path.rename
+
+    def rename(self, other):
+        if self.name.startswith(".out.tmp-"):  # the new output's rename into place
+            raise stop
+        return real(self, other)
+
+    monkeypatch.setattr(Path, "rename", rename)
+    with (
+        pytest.raises((ElmforgeError, KeyboardInterrupt)),
+        atomic_directory(target, verb="v") as tmp,
+    ):
+        (tmp / "f").write_text("new")
+    assert (target / "f").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_old_copies_have_unique_names(tmp_path, monkeypatch):
+    import tempfile
+
+    names = []
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, **kwargs):
+        names.append(Path(real(*args, **kwargs)).name)
+        return str(tmp_path / names[-1])
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    for text in ("1", "2", "3"):
+        with atomic_directory(tmp_path / "out") as tmp:
+            (tmp / "f").write_text(text)
+    old = [n for n in names if ".old-" in n]
+    assert len(old) == 2 and len(set(old)) == 2  # a repeated PID cannot collide
+    assert (tmp_path / "out" / "f").read_text() == "3"
+
+
+def test_umask_is_never_set_by_a_write(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(os, "umask", lambda mask: calls.append(mask) or 0o022)
+    path = atomic_write_text(tmp_path / "x.txt", "hello")
+    with atomic_directory(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("1")
+    assert calls == []
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    from elmforge.files import _umask
+
+    return _umask()
+
+
+def test_a_missing_input_is_named_as_such_not_as_an_unwritable_output(tmp_path):
+    with pytest.raises(ElmforgeError) as caught, atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "copy").write_bytes((tmp_path / "missing-input.bin").read_bytes())
+    assert str(caught.value) == f"{tmp_path / 'missing-input.bin'}: No such file or directory"
+    import shutil
+
+    from elmforge.files import atomic_write
+
+    with pytest.raises(ElmforgeError) as caught:
+        atomic_write(tmp_path / "x.txt", lambda tmp: shutil.copyfile(tmp_path / "in.txt", tmp))
+    assert str(caught.value) == f"{tmp_path / 'in.txt'}: No such file or directory"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_claim_output_on_paths_that_leave_or_re_enter_a_run(tmp_path):
+    run = make_run(tmp_path / "run")
+    # RUN/.. is the run's parent (allowed: a new output beside the run, here the parent exists
+    # and holds the run, so it is not an elmforge output).
+    with pytest.raises(ElmforgeError, match="not an elmforge output"):
+        claim_output(run / "..", "average")
+    with pytest.raises(ElmforgeError, match="is a run directory"):
+        claim_output(run / "sub" / "..", "average", force=True)
+    (tmp_path / "link-to-run").symlink_to(run)
+    with pytest.raises(ElmforgeError, match="is a run directory"):
+        claim_output(tmp_path / "link-to-run", "average", force=True)
+    (tmp_path / "elsewhere").mkdir()
+    (run / "out-link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(ElmforgeError, match="belongs to the run directory"):
+        claim_output(run / "out-link", "average", force=True)
+    (run / "dangling").symlink_to(tmp_path / "gone")
+    with pytest.raises(ElmforgeError, match="belongs to the run directory"):
+        claim_output(run / "dangling", "convert", kind="file", force=True)
+    from elmforge.files import claim_work_directory
+
+    with pytest.raises(ElmforgeError, match="belongs to the run directory"):
+        claim_work_directory(run / "checkpoints" / "x" / ".." / "y", ("run",), "a demo")
+    assert claim_work_directory(run / "sub" / ".." / "demo", ("run",), "a demo")
+
+
+def test_the_force_message_names_the_flag_only_on_the_command_line(tmp_path):
+    (tmp_path / "f.pt").write_text("x")
+    with pytest.raises(ElmforgeError) as caught:
+        claim_output(tmp_path / "f.pt", "convert", kind="file")
+    assert str(caught.value).endswith("exists; force replaces it")
+    assert caught.value.for_command_line().endswith("exists; --force replaces it")
 
 
 def test_claim_output_rules(tmp_path):
@@ -78,7 +213,7 @@ def test_claim_output_rules(tmp_path):
     averaged.mkdir()
     (averaged / OUTPUT_MARKER).write_text('{"verb": "average"}')
     (averaged / "model.safetensors").write_text("")
-    with pytest.raises(ElmforgeError, match="--force"):
+    with pytest.raises(ElmforgeError, match="force replaces it"):
         claim_output(averaged, "average")
     assert claim_output(averaged, "average", force=True) == averaged
     with pytest.raises(ElmforgeError, match="belongs to the run"):
@@ -96,7 +231,7 @@ def test_claim_output_rules(tmp_path):
     assert claim_output(tmp_path / "empty-or-new", "average") == tmp_path / "empty-or-new"
     with pytest.raises(ElmforgeError, match="not a directory"):
         claim_output(other / "notes.txt", "average")
-    with pytest.raises(ElmforgeError, match="--force"):
+    with pytest.raises(ElmforgeError, match="force replaces it"):
         claim_output(other / "notes.txt", "convert", kind="file")
     with pytest.raises(ElmforgeError, match="inside the input"):
         claim_output(other / "sub", "convert", inputs=(other,))

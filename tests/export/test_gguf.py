@@ -331,6 +331,6 @@ def test_reading_a_gguf_releases_its_memory_map(sp_model, tmp_path):
 
     gguf_to_hf(path, tmp_path / "back")
     assert not mapped()
-    with pytest.raises(ElmforgeError, match="--force replaces it") as caught:
+    with pytest.raises(ElmforgeError, match="force replaces it") as caught:
         gguf_to_hf(path, tmp_path / "back")  # refused while the file is open
     assert caught.traceback and not mapped()

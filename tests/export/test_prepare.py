@@ -137,7 +137,7 @@ def test_prepare_out_writes_a_complete_copy_and_leaves_the_source(sp_model, tmp_
     assert tree_snapshot(source) == before
     assert completeness(out) == {**COMPLETE, "chat_template": False}
     assert (out / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
-    with pytest.raises(ElmforgeError, match="--force replaces it"):
+    with pytest.raises(ElmforgeError, match="force replaces it"):
         prepare_model_dir(source, out=out, tokenizer=sp_model)
     assert prepare_model_dir(source, out=out, tokenizer=sp_model, force=True) == out
 

@@ -3,6 +3,7 @@ retention, averaging."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -130,3 +131,28 @@ def test_average_cli_over_the_last_checkpoints(run_dir: Path, tmp_path: Path, ca
     assert code == 2
     err = capsys.readouterr().err
     assert "nothing" in err and len(err.strip().splitlines()) == 1
+
+
+def test_stale_temporaries_of_a_run_are_pretrains_only(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from elmforge.train.checkpoint import clean_stale_temporaries
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead, live = child.pid, os.getppid()
+    run = tmp_path / "run"
+    (run / "checkpoints" / f".step-00000004.tmp-{dead}-x").mkdir(parents=True)
+    (run / f".config.yaml.tmp-{dead}-x.yaml").write_text("half")
+    (run / f".averaged.tmp-{dead}-x").mkdir()  # `average --out RUN/averaged`: not pretrain's
+    (run / f".loss.png.tmp-{live}-x.png").write_text("being written by a live process")
+    (run / f".final.old-{dead}-x" / "final").mkdir(parents=True)  # killed between renames
+    clean_stale_temporaries(run)
+    assert sorted(p.name for p in run.iterdir()) == [
+        f".averaged.tmp-{dead}-x",
+        f".loss.png.tmp-{live}-x.png",
+        "checkpoints",
+        "final",
+    ]
+    assert list((run / "checkpoints").iterdir()) == []
