@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from elmforge.errors import OptionError
+
 DEMO_CONFIG = "tiny-cpu"  # the packaged config (elmforge/configs/tiny-cpu.yaml)
 PROMPT = "def read_config(path):\n"
 RUN = "run"
@@ -48,29 +50,37 @@ def run_demo(
     from elmforge.files import atomic_write_json, claim_work_directory
     from elmforge.infer.generate import SamplingOptions, generate_text
     from elmforge.infer.loading import load
-    from elmforge.train.checkpoint import average_checkpoints, list_checkpoints
+    from elmforge.train.checkpoint import (
+        average_checkpoints,
+        latest_checkpoints,
+        list_checkpoints,
+    )
     from elmforge.train.config import RunConfig
     from elmforge.train.loop import pretrain
     from elmforge.train.run_dir import RunDir
 
+    if average_last < 1:
+        raise OptionError("average_last", f"{{option}} {average_last}: must be at least 1")
     started = time.perf_counter()
     out = claim_work_directory(out, (RUN, AVERAGED, SUMMARY), "a demo directory")
     own = ["data.tokenizer=bpe", f"data.bpe_vocab_size={vocab_size}"]
     run_config = RunConfig.from_yaml(config, [*own, *overrides])
+    # Checked before training: a file source has no validation split of its own.
+    validation_sources = run_config.data.sources_for("validation")
     run_dir = out / RUN
     say(f"[demo] pretraining {run_config.model.name} into {run_dir}")
     final_dir = pretrain(run_config, run_dir, force_resume=force_resume)
 
-    checkpoints = list_checkpoints(run_dir)[-average_last:]
+    # The newest intact checkpoints' model directories (fewer if the run saved fewer).
+    checkpoints = latest_checkpoints(run_dir, min(average_last, len(list_checkpoints(run_dir))))
     averaged_dir = out / AVERAGED
-    say(
-        f"[demo] averaging {len(checkpoints)} checkpoints: {', '.join(c.name for c in checkpoints)}"
-    )
+    names = ", ".join(c.parent.name for c in checkpoints)
+    say(f"[demo] averaging {len(checkpoints)} checkpoints: {names}")
     # The tokenizer comes with the checkpoints; an earlier run's average is the demo's own.
     average_checkpoints(checkpoints, averaged_dir, force=True)
 
     held_out = itertools.chain.from_iterable(
-        iter_texts(source, split="validation") for source in run_config.data.sources
+        iter_texts(source, split="validation") for source in validation_sources
     )
     validation = list(itertools.islice(held_out, eval_documents))
     summary: dict[str, Any] = {}

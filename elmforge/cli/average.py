@@ -33,8 +33,6 @@ def run(args: argparse.Namespace) -> int:
     if args.last is not None:
         if len(args.paths) != 1:
             raise ConfigError("--last N takes exactly one run directory")
-        if args.last < 1:
-            raise ConfigError(f"--last: must be at least 1, got {args.last}")
         paths = latest_checkpoints(Path(args.paths[0]), args.last)
     else:
         paths = [Path(p) for p in args.paths]

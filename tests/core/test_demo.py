@@ -32,11 +32,21 @@ def test_demo_runs_the_lifecycle_into_one_directory(tmp_path: Path) -> None:
         for i in range(300)
     ]
     corpus.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    held_out = tmp_path / "held-out.jsonl"  # 3 documents: the perplexity must be over these
+    held_out.write_text(
+        "".join(json.dumps({"text": f"def held_out_{i}(x):\n    return x - {i}\n"}) + "\n"
+                for i in range(3)),
+        encoding="utf-8",
+    )  # fmt: skip
     lines: list[str] = []
     streamed: list[str] = []
     summary = run_demo(
         tmp_path / "demo",
-        overrides=[*FAST, f"data.sources=[{{file_name: {corpus}}}]"],
+        overrides=[
+            *FAST,
+            f"data.sources=[{{file_name: {corpus}}}]",
+            f"data.validation_sources=[{{file_name: {held_out}}}]",
+        ],
         vocab_size=300,
         average_last=2,
         eval_documents=5,
@@ -53,9 +63,24 @@ def test_demo_runs_the_lifecycle_into_one_directory(tmp_path: Path) -> None:
     on_disk = json.loads((out / "demo.json").read_text(encoding="utf-8"))
     assert on_disk == json.loads(json.dumps(summary))
     for label in ("final", "averaged"):
-        assert on_disk[label]["documents"] == 5 and on_disk[label]["perplexity"] > 1
+        # eval_documents=5, and the validation file has 3: not the training file's 300.
+        assert on_disk[label]["documents"] == 3 and on_disk[label]["perplexity"] > 1
     assert (
         "".join(streamed) == summary["sample"]["prompt"] + summary["sample"]["continuation"] + "\n"
     )
     assert any("averaging 2 checkpoints: step-00000002, step-00000004" in line for line in lines)
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
+
+
+def test_demo_refuses_before_training_what_it_could_not_finish(tmp_path: Path) -> None:
+    from elmforge.errors import ConfigError, OptionError
+
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text('{"text": "def f(x):\\n    return x\\n"}\n', encoding="utf-8")
+    # A file has no validation split: the perplexity would be the training text's.
+    with pytest.raises(ConfigError, match="files have no validation split"):
+        run_demo(tmp_path / "demo", overrides=[*FAST, f"data.sources=[{{file_name: {corpus}}}]"])
+    for bad in (0, -2):
+        with pytest.raises(OptionError, match=f"average_last {bad}: must be at least 1"):
+            run_demo(tmp_path / "demo", average_last=bad)
+    assert not (tmp_path / "demo").exists()
