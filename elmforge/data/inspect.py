@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,10 @@ from elmforge.data.documents import DocumentProcessor
 from elmforge.data.loader import resolve_sources
 from elmforge.data.sources import BadRow, iter_rows
 from elmforge.data.stream import EMIT_STATS, READ_STATS, padding_fraction
+
+
+def _to_stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def inspect(
@@ -33,7 +38,8 @@ def inspect(
     if tokenizer is None:
         from elmforge.data.tokenizer_choice import resolve_tokenizer
 
-        tokenizer, _ = resolve_tokenizer(config)
+        # Progress to stderr: stdout is the report (``data inspect --json`` must stay JSON).
+        tokenizer, _ = resolve_tokenizer(config, report=_to_stderr)
     processor = DocumentProcessor(tokenizer, config)
     length = config.seq_len + 1
     reports = []

@@ -49,11 +49,20 @@ def default_tokenizer_path() -> Path | None:
        source checkout; ``$ELMFORGE_NO_DEV_FALLBACK=1`` switches it off (an installed wheel has
        none), so that a checkout behaves like a user's machine.
 
-    ``--tokenizer PATH`` on any verb takes precedence over all of these.
+    ``--tokenizer PATH`` on any verb takes precedence over all of these. A variable set to
+    something that is not a file is an error naming it: falling through to another tokenizer
+    would hide the mistake.
     """
     candidates = []
     if os.environ.get(LLAMA2_TOKENIZER_ENV):
-        candidates.append(Path(os.environ[LLAMA2_TOKENIZER_ENV]).expanduser())
+        given = Path(os.environ[LLAMA2_TOKENIZER_ENV]).expanduser()
+        if not given.is_file():
+            problem = "is a directory" if given.is_dir() else "no such file"
+            raise ElmforgeError(
+                f"${LLAMA2_TOKENIZER_ENV}={os.environ[LLAMA2_TOKENIZER_ENV]}: {problem} "
+                "(expected LLaMA-2's tokenizer.model; unset the variable to use the defaults)"
+            )
+        candidates.append(given)
     candidates.append(llama2_cache_path())
     candidates += development_paths(LLAMA2_TOKENIZER_FILE)
     for path in candidates:

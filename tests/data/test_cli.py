@@ -49,6 +49,21 @@ def test_data_inspect_json_reports_every_source_and_a_total(tmp_path, capsys, bp
     assert "| **total** |" in text and "sample 1 of" in text and "document 0 says" in text
 
 
+def test_data_inspect_json_stays_json_while_a_bpe_tokenizer_is_trained(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing trained before
+    shard = write_jsonl(tmp_path / "a.jsonl", [document(i, words=30) for i in range(20)])
+    config = write_config(
+        tmp_path, {"sources": [str(shard)], "tokenizer": "bpe", "bpe_vocab_size": 300,
+                   "seq_len": 16, "min_tokens": 4, "min_characters": 10}
+    )  # fmt: skip
+    assert main(["data", "inspect", str(config), "--json", "--max-documents", "4"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["total"]["documents"] == 4
+    assert "training a 300-token BPE tokenizer" in captured.err
+
+
 def test_data_inspect_errors_are_one_line(tmp_path, capsys):
     config = write_config(tmp_path, {"sources": [str(tmp_path / "none-*.jsonl")], "seq_len": 8})
     assert main(["data", "inspect", str(config)]) == 2

@@ -177,6 +177,13 @@ def test_llama2_lookup_order_and_the_development_switch(tmp_path, monkeypatch):
     assert default_tokenizer_path() == cache
     monkeypatch.setenv("ELMFORGE_LLAMA2_TOKENIZER", str(given))
     assert default_tokenizer_path() == given
+    # A variable pointing nowhere is an error naming it, not a silent fall-through to the cache.
+    for wrong, problem in ((tmp_path / "typo.model", "no such file"), (tmp_path, "a directory")):
+        monkeypatch.setenv("ELMFORGE_LLAMA2_TOKENIZER", str(wrong))
+        with pytest.raises(
+            ElmforgeError, match=rf"\$ELMFORGE_LLAMA2_TOKENIZER=.*: (is )?{problem}"
+        ):
+            default_tokenizer_path()
 
 
 def test_encodings_are_probed_for_bos_and_eos(tmp_path):
