@@ -312,33 +312,50 @@ def add_config_flags(
             continue
         group.add_argument(
             f"--{key}",
-            dest=_FLAG_PREFIX + key,
+            dest=_OVERRIDES,
+            action=_KeyOverride,
+            key=key,
             metavar="VALUE",
             default=argparse.SUPPRESS,
             help=doc.replace("%", "%%"),
         )
     group.add_argument(
         "--set",
-        dest=_FLAG_PREFIX + "--set",
+        dest=_OVERRIDES,
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override any key, including those inside mappings such as model.shape.* (repeatable)",
+        help="override any key, including those inside mappings such as model.shape.* (repeatable; "
+        "with the --section.key flags, the last one given wins)",
     )
 
 
+# Every override flag appends to this one list, so they apply in command-line order: with
+# ``--set optim.lr=1 --optim.lr 2`` the learning rate is 2, as the user typed last.
+_OVERRIDES = _FLAG_PREFIX + "overrides"
+
+
+class _KeyOverride(argparse.Action):
+    """``--section.key VALUE``: appends ``section.key=VALUE`` to the overrides, in order."""
+
+    def __init__(self, option_strings: list[str], dest: str, key: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.key = key
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items.append(f"{self.key}={values}")
+        setattr(namespace, self.dest, items)
+
+
 def overrides_of(args: argparse.Namespace) -> list[str]:
-    """The ``KEY=VALUE`` overrides given through :func:`add_config_flags`' flags, in order."""
-    given = [
-        f"{dest[len(_FLAG_PREFIX) :]}={value}"
-        for dest, value in vars(args).items()
-        if dest.startswith(_FLAG_PREFIX) and dest != _FLAG_PREFIX + "--set"
-    ]
-    for item in getattr(args, _FLAG_PREFIX + "--set", []):
+    """The ``KEY=VALUE`` overrides given through :func:`add_config_flags`' flags, in the order
+    they were given (later ones win)."""
+    given = list(getattr(args, _OVERRIDES, None) or [])
+    for item in given:
         key, sep, _ = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(
                 f"--set {item}: expected KEY=VALUE (e.g. model.shape.num_transformer_layers=4)"
             )
-        given.append(item)
     return given

@@ -69,6 +69,13 @@ def test_overrides_are_typed_and_yaml_1e_minus_3_is_a_float(
                  "--seed=4", "--print-config"]) == 0  # fmt: skip
     printed = capsys.readouterr().out
     assert "lr: 0.001" in printed and "\nseed: 4" in printed
+    # --set and the --section.key flags are one list: the one given last wins, either way round.
+    for argv, lr in ((["--set", "optim.lr=0.1", "--optim.lr", "0.2"], "0.2"),
+                     (["--optim.lr", "0.2", "--set", "optim.lr=0.1"], "0.1"),
+                     (["--optim.lr", "0.3", "--optim.lr=0.4"], "0.4")):  # fmt: skip
+        assert main(["pretrain", "--config", str(path), "--out", "unused", *argv,
+                     "--print-config"]) == 0  # fmt: skip
+        assert f"lr: {lr}\n" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
