@@ -11,6 +11,7 @@ overrides)`` for CoreNet's OpenELM YAML (:mod:`elmforge.train.corenet_config`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import typing
 from dataclasses import dataclass, field
@@ -180,9 +181,11 @@ class RunConfig:
         from elmforge.train.corenet_config import check_corenet_sources, corenet_to_run_dict
 
         raw = corenet_to_run_dict(kit.read_yaml(path), str(path))
-        kit.apply_overrides(raw, overrides)
-        check_corenet_sources(raw, str(path))
-        return kit.load(cls, path, raw=raw, prepare=cls._data_seed_defaults_to_seed)
+        # The sources left empty in CoreNet's files are usually set by an override: checked after.
+        check_corenet_sources(kit.apply_overrides(copy.deepcopy(raw), overrides), str(path))
+        # The overrides go to kit.load, which blames an error they alone cause on the command
+        # line, not on the file.
+        return kit.load(cls, path, overrides, raw=raw, prepare=cls._data_seed_defaults_to_seed)
 
     def to_dict(self) -> dict[str, Any]:
         return kit.to_dict(self)

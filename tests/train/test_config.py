@@ -142,6 +142,15 @@ def test_corenet_unknown_key_is_refused_by_name(tmp_path: Path) -> None:
         RunConfig.from_corenet_yaml(path)
 
 
+def test_corenet_override_errors_are_the_command_lines_not_the_files() -> None:
+    path = CONFIGS / "corenet" / "openelm_270M.yaml"
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.from_corenet_yaml(path, ["optim.lr=-1"])
+    assert str(caught.value).startswith("command-line override: optim.lr")
+    assert str(path) not in str(caught.value)
+    assert RunConfig.from_corenet_yaml(path, ["optim.lr=1e-3"]).optim.lr == 1e-3
+
+
 def test_cli_prints_the_resolved_config_with_overrides(capsys: pytest.CaptureFixture) -> None:
     code = main(["pretrain", "--config", str(CONFIGS / "openelm-270m.yaml"), "--out", "unused",
                  "--optim.lr", "1e-3", "--set", "model.shape.num_transformer_layers=4",
