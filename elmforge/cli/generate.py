@@ -29,7 +29,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "generate",
         help="generate a continuation of a prompt, streaming tokens",
         description="Load a model and stream a continuation of the prompt (--prompt TEXT, "
-        "--prompt-file FILE, or text piped on standard input).",
+        "--prompt-file FILE, or text piped on standard input: read until it closes, so a "
+        "pipe that stays open waits; an empty prompt from a file or standard input is refused).",
     )
     add_generation_model_flags(p)
     add_prompt_flags(p)

@@ -142,15 +142,21 @@ def invalid_text(text: str) -> str | None:
     return None
 
 
+STDIN_RULE = (
+    "with neither, standard input is read until it closes (end of file) when it is not a "
+    "terminal; an empty prompt from a file or standard input is refused"
+)
+
+
 def add_prompt_flags(p: argparse.ArgumentParser) -> None:
     """--prompt TEXT or --prompt-file FILE (``-``: standard input); with neither, a prompt piped
-    on standard input is read."""
+    on standard input is read (:data:`STDIN_RULE`)."""
     source = p.add_mutually_exclusive_group()
     source.add_argument("--prompt", metavar="TEXT", help="the text to continue")
     source.add_argument(
         "--prompt-file",
         metavar="FILE",
-        help="read the prompt from FILE (UTF-8; '-' reads standard input)",
+        help=f"read the prompt from FILE (UTF-8; '-' reads standard input); {STDIN_RULE}",
     )
 
 
@@ -173,8 +179,14 @@ def read_prompt(args: argparse.Namespace) -> str:
         except OSError as err:
             raise ElmforgeError(f"{where}: cannot read ({err.strerror})") from None
     try:
-        return data.decode("utf-8")
+        text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         raise ElmforgeError(
             f"{where}: the prompt is not UTF-8 text (byte {err.start}: {data[err.start]:#04x})"
         ) from None
+    if not text:  # /dev/null, an empty file, a pipe that closed before writing anything
+        raise ElmforgeError(
+            f"{where}: the prompt is empty; give --prompt TEXT, --prompt-file FILE or pipe the "
+            "prompt on standard input"
+        )
+    return text

@@ -111,6 +111,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for checkpoint in list_checkpoints(root / "run-broken"):
         (checkpoint / "rng.pt").write_bytes(b"not a checkpoint")
 
+    # A link inside the run to a directory outside it: an output there would replace the link.
+    (root / "run" / "outside").symlink_to(root / "mine", target_is_directory=True)
     average_checkpoints(list_checkpoints(root / "run"), root / "averaged")
     hf_to_corenet(model, root / "model.pt")
     corenet_to_hf(root / "model.pt", root / "converted", resolve_config(model))
@@ -175,6 +177,7 @@ M = "run/final"
 RUN = ["pretrain", "--config", "run.yaml", "--out", "run"]
 INSPECT = ["data", "inspect", "run.yaml"]
 TOKENIZE = ["tokenizer", "train", "--data", "builtin:python-docs", "--max-documents", "5"]
+CORENET_270M = str(REPO_ROOT / "elmforge" / "configs" / "corenet" / "openelm_270M.yaml")
 EVALUATE = ["evaluate", M, "--perplexity", "builtin:python-docs", "--limit", "1"]
 
 # id -> (command line, what the error line must mention)
@@ -214,6 +217,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "generate-prompt-file-not-utf8": (
         ["generate", M, "--prompt-file", "prompt.txt"],
         ["prompt.txt", "UTF-8"],
+    ),
+    "generate-prompt-file-empty": (
+        ["generate", M, "--prompt-file", "empty.yaml"],
+        ["empty.yaml", "the prompt is empty"],
     ),
     "generate-prompt-file-missing": (
         ["generate", M, "--prompt-file", "nowhere.txt"],
@@ -333,6 +340,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["convert", "hf-to-corenet", "m-llama", NEW_PT],
         ["m-llama", "llama"],
     ),
+    "convert-to-corenet-link-in-run": (
+        ["convert", "hf-to-corenet", M, "run/outside"],
+        ["run/outside", "belongs to the run"],
+    ),
     "convert-no-direction": (["convert", "model.pt", NEW], ["convert"]),
     # -- data inspect --------------------------------------------------------------------------
     "data-max-documents-negative": ([*INSPECT, "--max-documents", "-1"], ["--max-documents"]),
@@ -417,6 +428,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*RUN[:3], "--out", NEW, "--data.seq_len", "100000"],
         ["data.seq_len"],
     ),
+    "pretrain-corenet-bad-override": (
+        ["pretrain", "--corenet-config", CORENET_270M, "--out", NEW, "--optim.lr", "-1"],
+        ["command-line override", "optim.lr"],
+    ),
     "pretrain-corenet-unknown-key": (
         ["pretrain", "--corenet-config", "corenet.yaml", "--out", NEW],
         ["corenet.yaml"],
@@ -454,6 +469,18 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "average-onto-run-config": (
         ["average", "--last", "2", "run", "--out", "run/config.yaml"],
         ["run/config.yaml"],
+    ),
+    "average-out-run-parent": (  # the workspace, which holds the run's checkpoints
+        ["average", "--last", "2", "run", "--out", "run/.."],
+        ["run/..", "must not contain the input"],
+    ),
+    "average-out-run-sub-parent": (  # the run itself (inputs from outside it)
+        ["average", "averaged", "converted", "--out", "run/sub/.."],
+        ["run/sub/..", "run directory"],
+    ),
+    "average-out-link-in-run": (
+        ["average", "--last", "2", "run", "--out", "run/outside"],
+        ["run/outside", "belongs to the run"],
     ),
     "average-last-0": (["average", "--last", "0", "run", "--out", NEW], ["--last"]),
     "average-last-too-many": (["average", "--last", "5", "run", "--out", NEW], ["run", "5"]),

@@ -104,3 +104,12 @@ def test_prompt_input_errors(model_dir, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
     assert main(args) == 2
     assert "--prompt TEXT, --prompt-file FILE" in capsys.readouterr().err
+    # An empty prompt from a file or a non-terminal standard input (/dev/null) is refused.
+    (tmp_path / "empty.txt").write_text("")
+    for argv, stdin_bytes, where in (([*args, "--prompt-file", str(tmp_path / "empty.txt")], b"",
+                                      "empty.txt"),
+                                     (args, b"", "standard input")):  # fmt: skip
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin_bytes)))
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and where in err and "the prompt is empty" in err, err
