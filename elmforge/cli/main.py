@@ -19,7 +19,7 @@ import errno
 import importlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from elmforge import __version__
 from elmforge.errors import ElmforgeError
@@ -63,11 +63,30 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.add_parser(subparsers)
-    # `--optim.l 7e-3` must not silently mean `--optim.lr`: an unknown key is an error.
-    parser.allow_abbrev = False
-    for verb_parser in subparsers.choices.values():
-        verb_parser.allow_abbrev = False
+    _refuse_abbreviations(parser)
     return parser
+
+
+def subcommand_parsers(
+    parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()
+) -> Iterator[tuple[tuple[str, ...], argparse.ArgumentParser]]:
+    """(words, parser) for ``parser`` and every sub-command parser under it, depth first
+    (``("convert", "hf-to-gguf")``); aliases are not repeated."""
+    yield prefix, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for name, child in action.choices.items():
+                if id(child) not in seen:
+                    seen.add(id(child))
+                    yield from subcommand_parsers(child, (*prefix, name))
+
+
+def _refuse_abbreviations(parser: argparse.ArgumentParser) -> None:
+    """`--optim.l 7e-3` must not silently mean `--optim.lr`, nor `convert ... --forc` mean
+    `--force`: on every parser, sub-commands' included, an unknown flag is an error."""
+    for _, each in subcommand_parsers(parser):
+        each.allow_abbrev = False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from elmforge import __version__
-from elmforge.cli.main import VERB_MODULES
 from tests.cli_support import run_elmforge
 
 HEAVY = ("torch", "transformers", "numpy", "lm_eval", "pyarrow", "tokenizers", "datasets")
@@ -33,33 +32,63 @@ def run_python(code: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_help_and_usage_errors_import_nothing_heavy():
-    # Every verb's --help, the top-level --help and a usage error, all in one process: none may
-    # import a heavy library (parse first, import after).
+    # --help of every registered verb and sub-command, the top-level --help and a usage error,
+    # all in one process: each exits 0 (2 for the usage error) and none imports a heavy library
+    # (parse first, import after).
     proc = run_python(
         """
-        import contextlib, io, json, sys
-        from elmforge.cli.main import VERB_MODULES, build_parser, main
+        import contextlib, importlib.util, io, json, sys
+        from elmforge.cli.main import VERB_MODULES, build_parser, main, subcommand_parsers
 
-        build_parser()
+        commands = [list(words) for words, _ in subcommand_parsers(build_parser()) if words]
+        with_module = sorted(
+            verb for verb, module in VERB_MODULES.items()
+            if importlib.util.find_spec(f"elmforge.cli.{module}") is not None
+        )
         codes = {}
-        for argv in [["--help"], *[[verb, "--help"] for verb in VERB_MODULES], ["generate"]]:
+        for argv in [["--help"], *[[*words, "--help"] for words in commands], ["generate"]]:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 try:
                     main(argv)
                 except SystemExit as exit:
                     codes[" ".join(argv)] = exit.code
         heavy = sorted({name.split(".")[0] for name in sys.modules} & set(sys.argv[1:]))
-        print(json.dumps({"codes": codes, "heavy": heavy}))
+        print(json.dumps({"codes": codes, "heavy": heavy, "with_module": with_module}))
         """,
         *HEAVY,
     )
     result = json.loads(proc.stdout)
     assert result["heavy"] == []
-    assert result["codes"]["--help"] == 0
-    assert result["codes"]["generate"] == 2  # a usage error: MODEL is missing
-    for verb in ("pretrain", "demo", "evaluate", "generate", "info", "convert", "data"):
-        assert result["codes"][f"{verb} --help"] == 0, verb
-    assert set(VERB_MODULES) >= {"pretrain", "evaluate", "generate"}
+    codes = result.pop("codes")
+    assert codes.pop("generate") == 2  # a usage error: MODEL is missing
+    assert codes == {argv: 0 for argv in codes}
+    # Every verb whose module exists is registered (and so was asked for --help above).
+    registered = {argv.split()[0] for argv in codes if argv != "--help"}
+    assert registered == set(result["with_module"])
+    assert {"pretrain", "demo", "evaluate", "generate", "info", "convert", "data"} <= registered
+    assert {"convert hf-to-gguf --help", "data inspect --help", "tokenizer train --help"} <= set(
+        codes
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["pretrain", "--config", "x.yaml", "--out", "o", "--optim.l", "1e-3"],
+        ["convert", "hf-to-corenet", "m", "o.pt", "--forc"],
+        ["data", "inspect", "x.yaml", "--max-doc", "3"],
+        ["tokenizer", "train", "--data", "x", "--vocab-size", "300", "--out", "o", "--forc"],
+    ],
+)
+def test_no_parser_accepts_an_abbreviated_flag(argv, capsys):
+    from elmforge.cli.main import main
+
+    with pytest.raises(SystemExit) as caught:
+        main(argv)
+    assert caught.value.code == 2
+    assert "unrecognized arguments: " + argv[-2 if argv[-1][0].isdigit() else -1] in (
+        capsys.readouterr().err
+    )
 
 
 def test_version():
