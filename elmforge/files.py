@@ -114,8 +114,9 @@ def _other_file(err: OSError, path: Path, tmp: Path) -> str | None:
             continue
         named = Path(os.fsdecode(name)).absolute()
         ours = (path.absolute(), tmp.absolute())
-        if not any(named == p or p in named.parents for p in ours):
-            return str(os.fsdecode(name))
+        if _TEMPORARY.match(named.name) or any(named == p or p in named.parents for p in ours):
+            continue  # the output, its temporary, or the holder of its old copy
+        return str(os.fsdecode(name))
     return None
 
 

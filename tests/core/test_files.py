@@ -293,3 +293,23 @@ def test_claim_work_directory(tmp_path):
     run = make_run(tmp_path / "r")
     with pytest.raises(ElmforgeError, match="belongs to the run directory"):
         claim_work_directory(run / "checkpoints" / "x", names, "a demo")
+
+
+def test_a_failure_on_the_old_copys_holder_names_the_output(tmp_path, monkeypatch):
+    import tempfile
+
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("old")
+    real = tempfile.mkdtemp
+
+    def mkdtemp(prefix="", dir=None, **kwargs):
+        if ".old-" in prefix:
+            name = Path(dir) / f"{prefix}x"
+            raise PermissionError(13, "Permission denied", str(name))
+        return real(prefix=prefix, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    with pytest.raises(ElmforgeError) as caught, atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "f").write_text("new")
+    assert str(caught.value) == f"{tmp_path / 'out'}: not writable (Permission denied)"
+    assert (tmp_path / "out" / "f").read_text() == "old"
