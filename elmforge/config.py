@@ -330,6 +330,16 @@ def add_config_flags(
     )
 
 
+def add_override_alias(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, key: str, **kwargs: Any
+) -> None:
+    """A short flag (``--loss``) that overrides ``key`` (``dpo.loss``) like ``--dpo.loss``: it
+    joins the same ordered list, so whichever of the two is given last wins."""
+    parser.add_argument(
+        flag, dest=_OVERRIDES, action=_KeyOverride, key=key, default=argparse.SUPPRESS, **kwargs
+    )
+
+
 # Every override flag appends to this one list, so they apply in command-line order: with
 # ``--set optim.lr=1 --optim.lr 2`` the learning rate is 2, as the user typed last.
 _OVERRIDES = _FLAG_PREFIX + "overrides"

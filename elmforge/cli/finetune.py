@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from elmforge.config import add_config_flags, overrides_of
+from elmforge.config import add_config_flags, add_override_alias, overrides_of
 from elmforge.finetune.config import FinetuneConfig
 
-_ALIAS = "alias:"
 EPILOG = """examples:
   elmforge finetune sft runs/demo/averaged --data ../shared/data/commonsense/ARC-Easy/train.json \\
       --prompt-style llm-adapters --peft lora --out runs/sft-lora --schedule.max_steps 200
@@ -40,8 +39,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("model", metavar="MODEL", help="model directory or hub name")
         sub.add_argument("--data", required=True, help=".json/.jsonl/.parquet file, a directory "
                          "of those, or hf:org/name (with --split)")  # fmt: skip
-        sub.add_argument("--split", dest=_ALIAS + "data.split", default=argparse.SUPPRESS,
-                         help="split of an hf: dataset (same as --data.split)")  # fmt: skip
+        add_override_alias(sub, "--split", "data.split", metavar="SPLIT",
+                           help="split of an hf: dataset (same as --data.split)")  # fmt: skip
         sub.add_argument("--out", required=True, metavar="DIR", help="run directory")
         sub.add_argument(
             "--config",
@@ -53,14 +52,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config as YAML and exit")  # fmt: skip
         if objective == "sft":
-            sub.add_argument("--prompt-style", dest=_ALIAS + "data.prompt_style",
-                             choices=("alpaca", "llm-adapters", "chat"), default=argparse.SUPPRESS,
-                             help="same as --data.prompt_style")  # fmt: skip
+            add_override_alias(sub, "--prompt-style", "data.prompt_style",
+                               choices=("alpaca", "llm-adapters", "chat"),
+                               help="same as --data.prompt_style")  # fmt: skip
         if objective == "dpo":
-            sub.add_argument("--loss", dest=_ALIAS + "dpo.loss", choices=("sigmoid", "hinge"),
-                             default=argparse.SUPPRESS, help="same as --dpo.loss")  # fmt: skip
-            sub.add_argument("--beta", dest=_ALIAS + "dpo.beta", metavar="BETA",
-                             default=argparse.SUPPRESS, help="same as --dpo.beta")  # fmt: skip
+            add_override_alias(sub, "--loss", "dpo.loss", choices=("sigmoid", "hinge"),
+                               help="same as --dpo.loss")  # fmt: skip
+            add_override_alias(sub, "--beta", "dpo.beta", metavar="BETA",
+                               help="same as --dpo.beta")  # fmt: skip
         skip = ("dpo.loss", "dpo.beta") if objective == "sft" else ()
         add_config_flags(sub, FinetuneConfig, "config keys (docs/finetune.md)", skip=skip)
         sub.set_defaults(run=run)
@@ -81,17 +80,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     merge.set_defaults(run=run_merge)
 
 
-def overrides(args: argparse.Namespace) -> list[str]:
-    """The generated --section.key flags' overrides, then the short aliases' (--loss, --split)."""
-    aliases = [f"{dest[len(_ALIAS) :]}={value}" for dest, value in vars(args).items()
-               if dest.startswith(_ALIAS)]  # fmt: skip
-    return [*overrides_of(args), *aliases]
-
-
 def run(args: argparse.Namespace) -> int:
     from elmforge.finetune.trainer import FinetuneJob, finetune
 
-    config = FinetuneConfig.load(args.config, overrides(args))
+    config = FinetuneConfig.load(args.config, overrides_of(args))
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from elmforge.cli.finetune import overrides
 from elmforge.cli.main import build_parser
+from elmforge.config import overrides_of
 from elmforge.errors import ConfigError
 from elmforge.finetune.config import DEFAULT_TARGETS, FinetuneConfig
 from elmforge.package_data import CONFIG_DIR
@@ -51,7 +51,7 @@ def test_flags_are_the_shared_grammar() -> None:
         "dora", "--lora.targets", "qkv_proj,out_proj", "--schedule.max_steps=7", "--loss",
         "hinge", "--train.grad_accum", "2", "--seed", "3",
     ])  # fmt: skip
-    config = FinetuneConfig.load(None, overrides(args))
+    config = FinetuneConfig.load(None, overrides_of(args))
     assert config.optim.lr == 1e-4 and config.peft == "dora" and config.dpo.loss == "hinge"
     assert config.lora.targets == ["qkv_proj", "out_proj"] and config.schedule.max_steps == 7
     assert (config.train.grad_accum, config.seed) == (2, 3)
@@ -61,6 +61,16 @@ def test_flags_are_the_shared_grammar() -> None:
         build_parser().parse_args(
             ["finetune", "sft", "m", "--data", "d", "--out", "o", "--beta", "1"]
         )
+
+
+def test_an_alias_and_its_key_flag_last_one_wins() -> None:
+    def loss(*flags: str) -> str:
+        argv = ["finetune", "dpo", "m", "--data", "d", "--out", "o", *flags]
+        return FinetuneConfig.load(None, overrides_of(build_parser().parse_args(argv))).dpo.loss
+
+    assert loss("--loss", "hinge", "--dpo.loss", "sigmoid") == "sigmoid"
+    assert loss("--dpo.loss", "sigmoid", "--loss", "hinge") == "hinge"
+    assert loss("--set", "dpo.loss=hinge", "--loss", "sigmoid") == "sigmoid"
 
 
 def test_bad_values_name_the_key() -> None:

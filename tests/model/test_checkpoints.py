@@ -9,6 +9,7 @@ import torch
 from safetensors import safe_open
 
 from elmforge.cli.main import main
+from elmforge.errors import ElmforgeError
 from elmforge.model.convert import (
     corenet_vocab_rows,
     hf_to_corenet_state_dict,
@@ -125,10 +126,10 @@ def test_truncated_or_corrupt_safetensors_is_reported(tmp_path):
     model.save_pretrained(tmp_path / "m")
     weights = tmp_path / "m" / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.raises(Exception, match="model.safetensors: (corrupt|truncated)"):
+    with pytest.raises(ElmforgeError, match="model.safetensors: (corrupt|truncated)"):
         load_pretrained(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(
         json.dumps({"model_type": "openelm", "head_dim": 0})
     )
-    with pytest.raises(Exception, match="config.json"):
+    with pytest.raises(ElmforgeError, match="config.json"):
         load_pretrained(tmp_path / "m")
