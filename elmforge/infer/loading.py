@@ -36,7 +36,9 @@ DTYPES = {
     "fp16": "float16",
     "float16": "float16",
 }
-DTYPE_CHOICES = ("auto", *DTYPES)
+# Weight-only quantised inference (elmforge.infer.quant): loaded in float32, quantised at load.
+QUANTIZED_DTYPES = ("int8", "int4")
+DTYPE_CHOICES = ("auto", *DTYPES, *QUANTIZED_DTYPES)
 # Config attributes that carry a context length, in the order they are checked.
 CONTEXT_LENGTH_ATTRS = ("max_context_length", "max_position_embeddings", "n_positions", "n_ctx")
 DEFAULT_CONTEXT_LENGTH = 2048
@@ -75,13 +77,16 @@ def pick_device(device: str = "auto") -> str:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """``auto`` is float32 on the CPU (its bf16 matmuls are slow) and bfloat16 on an accelerator."""
+    """``auto`` is float32 on the CPU (its bf16 matmuls are slow) and bfloat16 on an accelerator;
+    ``int8``/``int4`` compute in float32 (only the linear weights are integers)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype in (None, "auto"):
         return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+    if dtype in QUANTIZED_DTYPES:
+        return torch.float32
     if dtype not in DTYPES:
         raise OptionError(
             "dtype", f"{{option}} {dtype}: expected one of {', '.join(DTYPE_CHOICES)}"
@@ -150,12 +155,23 @@ def load_model(
     """A causal LM in eval mode on ``device``, without a tokenizer (a draft model): see
     :func:`load`."""
     resolved_device = pick_device(device)
-    return _load_weights(
+    quantization = dtype if dtype in QUANTIZED_DTYPES else None
+    model = _load_weights(
         local_model_dir(path_or_name),
         str(path_or_name),
-        resolved_device,
+        "cpu" if quantization else resolved_device,
         resolve_dtype(dtype, resolved_device),
     )
+    return _quantized(model, quantization, resolved_device)
+
+
+def _quantized(model: Any, quantization: str | None, device: str) -> Any:
+    """``model`` with int8/int4 linear layers (quantised on the CPU, then moved to ``device``)."""
+    if quantization is None:
+        return model
+    from elmforge.infer.quant import quantize_model
+
+    return quantize_model(model, quantization).to(device)
 
 
 def _load_weights(model_dir: Path | None, name: str, device: str, torch_dtype: torch.dtype) -> Any:
@@ -228,6 +244,8 @@ class LoadedModel:
     """The PEFT adapter directory merged into the model, if any."""
     tokenizer_source: str | None = None
     """Where the tokenizer came from (a path or hub name), None when given as an object."""
+    quantization: str | None = None
+    """``int8`` / ``int4`` for weight-only quantised linear layers (``dtype`` is then float32)."""
 
     @property
     def context_length(self) -> int:
@@ -259,12 +277,17 @@ def load(
     tokenizer = load_tokenizer(spec) if source is not None else spec
     resolved_device = pick_device(device)
     torch_dtype = resolve_dtype(dtype, resolved_device)
-    model = _load_weights(model_dir, str(path_or_name), resolved_device, torch_dtype)
+    quantization = dtype if dtype in QUANTIZED_DTYPES else None
+    # An adapter is merged into the float weights; quantisation (if asked) comes after the merge.
+    model = _load_weights(
+        model_dir, str(path_or_name), "cpu" if quantization else resolved_device, torch_dtype
+    )
     check_tokenizer_fits(tokenizer, model, str(path_or_name))
     adapter_dir = None
     if adapter is not None:
         adapter_dir = Path(adapter)
         model = merge_adapter(model, adapter_dir)
+    model = _quantized(model, quantization, resolved_device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,
@@ -274,6 +297,7 @@ def load(
         dtype=torch_dtype,
         adapter=adapter_dir,
         tokenizer_source=source,
+        quantization=quantization,
     )
 
 

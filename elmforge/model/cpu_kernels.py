@@ -1,0 +1,158 @@
+"""elmforge's CPU decode kernels (``csrc/decode_linear.cpp``): built at first use, optional.
+
+Decoding reads every weight once per token, so a decode step costs the weights' bytes over the
+memory bandwidth. ``bench/gemv.py`` measures PyTorch's own products against these loops on the
+OpenELM-270M matrices (out of cache); the table in ``docs/inference.md`` is why they exist:
+PyTorch reads float32 at the roof for one row but not for 2-8 rows (batched decoding), reads
+bfloat16 and int8 weights (``torch._weight_int8pack_mm``) well below it, and has no int4 product
+for float activations.
+
+The extension is compiled with ``torch.utils.cpp_extension`` the first time a CPU decode step
+needs it (about a minute, once per machine: torch caches the build under
+``~/.cache/torch_extensions`` by a name that includes a hash of the source, the CPU's flags and
+torch's version). Without a compiler, on a CPU without AVX-512, or with ``ELMFORGE_KERNELS=0``,
+nothing is built and every caller keeps the plain PyTorch path, which is also the tests' oracle.
+
+The ops are ``torch.ops.elmforge.linear_decode / linear_int8 / linear_int4`` (registered with
+fake implementations, so ``torch.compile`` traces through them without a graph break).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).resolve().parent / "csrc" / "decode_linear.cpp"
+MAX_ROWS = 8
+"""The kernels take 1 to 8 rows: one new token for each of up to 8 sequences."""
+ENV_SWITCH = "ELMFORGE_KERNELS"
+DECODE_DTYPES = frozenset({torch.float32, torch.bfloat16})
+"""Float weight dtypes ``OpenELMLinear`` sends to the kernel for decode steps."""
+
+_lock = threading.Lock()
+_state: dict[str, object] = {"tried": False, "ready": False, "reason": "not built yet"}
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def extension_name() -> str:
+    """A name that changes with the source, the CPU and torch, so no stale build is reused."""
+    digest = hashlib.sha256()
+    digest.update(SOURCE.read_bytes())
+    digest.update(_cpu_flags().encode())
+    digest.update(torch.__version__.encode())
+    return f"elmforge_decode_{digest.hexdigest()[:12]}"
+
+
+def _build() -> tuple[bool, str]:
+    if os.environ.get(ENV_SWITCH, "1") == "0":
+        return False, f"switched off ({ENV_SWITCH}=0)"
+    if platform.machine() not in ("x86_64", "AMD64"):
+        return False, f"no kernels for {platform.machine()}"
+    try:
+        from torch.utils.cpp_extension import load
+
+        name = extension_name()
+        log.info("building elmforge's CPU decode kernels (once per machine, about a minute)")
+        load(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", "-march=native", "-fopenmp"],
+            extra_ldflags=["-fopenmp"],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as err:  # no compiler, no ninja, a failed build: keep PyTorch's kernels
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return False, f"build failed ({first})"
+    _register_fakes()
+    width = torch.ops.elmforge.simd_width()
+    if width < 16:
+        return False, "compiled without AVX-512 (PyTorch's kernels are faster there)"
+    return True, "AVX-512"
+
+
+def _register_fakes() -> None:
+    """Shapes for ``torch.compile``'s tracing (the ops are opaque calls in the compiled graph)."""
+
+    @torch.library.register_fake("elmforge::linear_decode")
+    def _(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
+
+    @torch.library.register_fake("elmforge::linear_int8")
+    def _(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+    @torch.library.register_fake("elmforge::linear_int4")
+    def _(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, group_size: int):
+        return x.new_empty((*x.shape[:-1], qweight.shape[0]))
+
+
+def load_kernels() -> bool:
+    """Build (first time) and load the kernels; True when they are usable. Never raises."""
+    if _state["tried"]:
+        return bool(_state["ready"])
+    with _lock:
+        if not _state["tried"]:
+            ready, reason = _build()
+            _state.update(tried=True, ready=ready, reason=reason)
+            if not ready:
+                log.info("elmforge CPU decode kernels not used: %s", reason)
+    return bool(_state["ready"])
+
+
+def kernels_ready() -> bool:
+    """True if the kernels are loaded. Never builds (cheap; safe inside compiled code)."""
+    return bool(_state["ready"])
+
+
+def status() -> str:
+    """Why the kernels are or are not used, for reports."""
+    return "in use (AVX-512)" if _state["ready"] else str(_state["reason"])
+
+
+def usable_for(x: torch.Tensor, in_features: int) -> bool:
+    """Whether a product with input ``x`` can go to the kernels: a CPU decode step (1 to 8 rows,
+    no gradient), in_features a multiple of 32. Builds the kernels the first time it says yes."""
+    if x.device.type != "cpu" or in_features % 32 or torch.is_grad_enabled():
+        return False
+    rows = x.numel() // max(1, x.shape[-1])
+    if not 1 <= rows <= MAX_ROWS:
+        return False
+    if torch.compiler.is_compiling():  # no build inside tracing: load before compiling
+        return kernels_ready()
+    return load_kernels()
+
+
+def linear_decode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, weight)`` (no bias) for a decode step with float32 or bfloat16 weights;
+    ``x`` is (..., in_features) with 1 to 8 rows in all."""
+    return torch.ops.elmforge.linear_decode(x, weight)
+
+
+def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``F.linear(x, qweight * scale[:, None])`` without materialising the float weight."""
+    return torch.ops.elmforge.linear_int8(x, qweight, scale)
+
+
+def linear_int4(
+    x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, group_size: int
+) -> torch.Tensor:
+    """The int4 product (layout in ``elmforge.infer.quant``) without a float weight."""
+    return torch.ops.elmforge.linear_int4(x, qweight, scale, group_size)
