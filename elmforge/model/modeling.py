@@ -29,7 +29,10 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
+from elmforge.model import cpu_kernels
 from elmforge.model.config import OpenELMConfig
+from elmforge.model.decoding import decode_defaults
+from elmforge.model.masks import build_attention_mask, positions_from_mask
 
 # transformers 5.24 renamed the cache argument and output field ``past_key_values`` to ``cache``
 # (the old name lingers with a deprecation warning). The model takes either name and returns its
@@ -40,37 +43,41 @@ CACHE_FIELD = (
 
 
 class OpenELMLinear(nn.Linear):
-    """``nn.Linear`` (no bias) with a faster CPU path for decoding in float32.
+    """``nn.Linear`` (no bias) with faster CPU paths for decoding (1 to 8 rows, no gradient).
 
-    Measured (``bench/forward.py``, 2 threads): for a handful of rows, PyTorch's CPU fp32 GEMV
-    runs on one thread and reaches about half the memory bandwidth; the same product as a batched
-    matmul over ``num_threads`` row blocks of the weight uses every thread, is 1.5-2x faster and
-    gives bit-identical results. Decoding is bound by reading the weights, so this is decode
-    speed. bf16 and GPU kernels are already good and keep ``F.linear``.
+    Decoding is bound by reading the weights (``bench/gemv.py``, table in docs/inference.md):
+    float32 and bfloat16 steps go to elmforge's kernels (``cpu_kernels.linear_decode``: at the
+    memory roof for one row where PyTorch's bf16 GEMV is not, about 2x PyTorch for 8 rows, and
+    a row's result independent of the batch). Without the kernels, float32 runs as a batched
+    matmul over ``num_threads`` row blocks of the weight (bit-identical to ``F.linear``; 1.5-2x on
+    builds whose GEMV uses one thread). Training, prompts and GPUs keep ``F.linear``.
     """
 
     max_decode_rows = 8
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight
-        if torch.compiler.is_compiling():  # inductor picks its own GEMV
+        if self.bias is not None or weight.device.type != "cpu":
             return F.linear(x, weight, self.bias)
+        if weight.dtype in cpu_kernels.DECODE_DTYPES and cpu_kernels.usable_for(
+            x, self.in_features
+        ):
+            return cpu_kernels.linear_decode(x, weight)
         rows = x.numel() // x.shape[-1]
         blocks = torch.get_num_threads()
         if (
             rows <= self.max_decode_rows
             and blocks > 1
             and weight.dtype == torch.float32
-            and weight.device.type == "cpu"
-            and self.bias is None
             and self.out_features % blocks == 0
+            and not torch.compiler.is_compiling()  # inductor picks its own GEMV
             and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
         ):
             flat = x.reshape(1, rows, self.in_features).expand(blocks, rows, self.in_features)
             per_block = weight.view(blocks, self.out_features // blocks, self.in_features)
             out = torch.bmm(flat, per_block.transpose(1, 2))  # (blocks, rows, out/blocks)
             return out.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, weight, self.bias)
+        return F.linear(x, weight)
 
 
 class OpenELMRMSNorm(nn.Module):
@@ -89,7 +96,11 @@ class OpenELMRMSNorm(nn.Module):
 
 
 class OpenELMRotaryEmbedding(nn.Module):
-    """Rotary position tables (non-interleaved "rotate half" form), built once, in float32."""
+    """Rotary position tables (non-interleaved "rotate half" form), built once, in float32.
+
+    ``sin`` carries rotate-half's sign (its first half negated), so applying the rotation is
+    ``x * cos + roll(x, D/2) * sin``: the same products as ``cat(-x2, x1) * sin``, fewer ops.
+    """
 
     def __init__(self, head_dim: int, max_length: int, base: float) -> None:
         super().__init__()
@@ -112,7 +123,9 @@ class OpenELMRotaryEmbedding(nn.Module):
         positions = torch.arange(length, dtype=torch.float32, device=device)
         freqs = torch.outer(positions, inv_freq)  # (L, D/2)
         emb = torch.cat((freqs, freqs), dim=-1)  # (L, D)
-        return emb.cos(), emb.sin()
+        sign = torch.ones(self.head_dim, device=device)
+        sign[: self.head_dim // 2] = -1
+        return emb.cos(), emb.sin() * sign
 
     def forward(
         self, position_ids: torch.Tensor, max_position: int
@@ -128,12 +141,13 @@ class OpenELMRotaryEmbedding(nn.Module):
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (B, S, H, D) by the angles in ``cos``/``sin`` (B, S, 1, D), in float32."""
+    """Rotate ``x`` (B, S, H, D) by the angles in ``cos``/signed ``sin`` (B, S, 1, D), in
+    float32: ``x * cos + cat(-x2, x1) * |sin|``."""
     dtype = x.dtype
-    x = x.float()
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat((-x2, x1), dim=-1)
-    return (x * cos + rotated * sin).to(dtype)
+    if dtype != torch.float32:
+        x = x.float()
+    rotated = x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
+    return rotated if dtype == torch.float32 else rotated.to(dtype)
 
 
 class OpenELMMultiHeadCausalAttention(nn.Module):
@@ -172,9 +186,13 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         queries, keys, values = qkv.split(
             [self.num_q_heads, self.num_kv_heads, self.num_kv_heads], dim=2
         )  # (B, S, H|K|K, D)
-        if self.q_norm is not None:
-            queries, keys = self.q_norm(queries), self.k_norm(keys)
-        queries, keys = apply_rotary(queries, *rope), apply_rotary(keys, *rope)
+        if self.q_norm is not None:  # one rotation for queries and keys together (fewer ops)
+            queries_keys = torch.cat([self.q_norm(queries), self.k_norm(keys)], dim=2)
+        else:
+            queries_keys = qkv[:, :, : self.num_q_heads + self.num_kv_heads]
+        queries, keys = apply_rotary(queries_keys, *rope).split(
+            [self.num_q_heads, self.num_kv_heads], dim=2
+        )
         queries, keys, values = (t.transpose(1, 2) for t in (queries, keys, values))  # (B, *, S, D)
         if past_key_values is not None:
             keys, values = past_key_values.update(keys, values, self.layer_idx)  # (B, K, T, D)
@@ -273,55 +291,6 @@ class OpenELMPreTrainedModel(PreTrainedModel):
             init.copy_(module.sin, sin)
 
 
-def build_attention_mask(
-    attention_mask: torch.Tensor | None,
-    query_positions: torch.Tensor,
-    kv_length: int,
-) -> torch.Tensor | None:
-    """Boolean SDPA mask (B or 1, 1, S, T): causal, minus padded keys, plus each query's own slot.
-
-    ``attention_mask`` is either the usual (B, T') 0/1 padding mask or a ready 4-D mask (boolean,
-    or additive float with 0 where attention is allowed) such as ``generate`` builds for a static
-    cache. ``query_positions`` (S,) are the queries' slots in the cache. Returns None when plain
-    causal attention (or none at all, for a single query) is exact, so SDPA can use its fastest
-    kernels. A padded query would otherwise see no key at all (a NaN row that leaks into the next
-    layer's keys), so every query may always attend to its own slot.
-    """
-    seq_len = query_positions.shape[0]
-    key_positions = torch.arange(kv_length, device=query_positions.device)
-    own_slot = (key_positions[None, :] == query_positions[:, None])[None, None]  # (1, 1, S, T)
-    if attention_mask is not None and attention_mask.dim() == 4:
-        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-        width = allowed.shape[-1]
-        if width < kv_length:  # slots past the mask's end are empty cache slots
-            allowed = F.pad(allowed, (0, kv_length - width), value=False)
-        return allowed[..., :kv_length] | own_slot
-    no_padding = attention_mask is None or (
-        not torch.compiler.is_compiling() and bool(attention_mask.all())
-    )
-    if no_padding and kv_length == seq_len:
-        return None  # causal prefill, or one token with nothing cached
-    causal = (key_positions[None, :] <= query_positions[:, None])[None, None]  # (1, 1, S, T)
-    if no_padding:
-        return causal
-    keys_present = attention_mask.to(torch.bool)
-    if keys_present.shape[1] < kv_length:  # a static cache is longer than the mask
-        keys_present = F.pad(keys_present, (0, kv_length - keys_present.shape[1]), value=True)
-    keys_present = keys_present[:, None, None, :kv_length]  # (B, 1, 1, T)
-    return (causal & keys_present) | own_slot
-
-
-def positions_from_mask(attention_mask: torch.Tensor, seq_len: int) -> torch.Tensor:
-    """Position ids (B, S) of the last ``seq_len`` tokens, counting only unpadded ones.
-
-    Left-padded prompts then get the same positions as unpadded ones, so they decode the same.
-    """
-    if attention_mask.dim() == 4:  # visible keys per query, itself included
-        allowed = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
-        return (allowed[:, 0].sum(-1) - 1).clamp(min=0)
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq_len:]
-
-
 class OpenELMModel(OpenELMPreTrainedModel):
     """The decoder stack: token embedding, layers, final norm (Apple's ``transformer``)."""
 
@@ -409,6 +378,8 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
     """OpenELM with its language-model head (the token embedding, tied, unless configured not)."""
 
     _tied_weights_keys = {"lm_head.weight": "transformer.token_embeddings.weight"}
+    decode_compile = "auto"
+    """Compile the decode step in ``generate``: auto / on / off (``elmforge.model.decoding``)."""
 
     def __init__(self, config: OpenELMConfig) -> None:
         super().__init__(config)
@@ -427,6 +398,12 @@ class OpenELMForCausalLM(OpenELMPreTrainedModel, GenerationMixin):
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
         self.lm_head = value
+
+    def generate(self, inputs: torch.Tensor | None = None, generation_config=None, **kwargs):
+        """``GenerationMixin.generate`` with elmforge's decode plan (static cache, compiled decode
+        step) filled in where the caller left it open: see :mod:`elmforge.model.decoding`."""
+        kwargs = decode_defaults(self, inputs, generation_config, kwargs)
+        return super().generate(inputs, generation_config, **kwargs)
 
     def forward(
         self,
