@@ -1,9 +1,10 @@
-"""A plain eager OpenELM written the naive way: the baseline of ``bench/forward.py``.
+"""A plain eager OpenELM written the naive way: ``elmforge bench --against naive``'s baseline.
 
 It follows the algorithm of Apple's hub code (``modeling_openelm.py``): RMSNorm by hand in float32
 (pow, mean, rsqrt, multiply, cast), ``repeat_interleave`` to expand keys/values for grouped-query
-attention, a concatenating KV cache, and logits for every position. Same parameter names as
-elmforge, so it loads the same state dict. Benchmark-only: not part of the package.
+attention, a concatenating KV cache that is rotated again every step, and logits for every
+position. Same parameter names as elmforge, so it loads the same state dict. Equal-length prompts
+only (no padding); a benchmark baseline, not an inference path.
 """
 
 from __future__ import annotations

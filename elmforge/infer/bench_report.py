@@ -1,0 +1,278 @@
+"""``elmforge bench``'s figures from the raw samples: statistics, roofline, targets, reports.
+
+Every rate is reported as its median over the repeats with the min, max and spread
+((max - min) / median), because the machines it runs on are shared and noisy. Definitions:
+
+- prompt tokens/s = batch x prompt / time to first token (the prompt's processing plus choosing
+  one token);
+- generation tokens/s = batch x (generate - 1) / time from the first to the last token;
+- weight bytes per step: what one decode step reads (every weight once; one embedding row unless
+  the embedding is also the output head), per generated token that over the batch;
+- bandwidth = weight bytes per step x steps/s; roofline fraction = that over the bandwidth of
+  the roofline probe measured in the same turns.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+# The issue's targets: (name, dtype, ours, peer's engine label, minimum ratio, what is compared).
+PEER_TARGETS = (
+    ("fp32 decode >= 0.8x llama.cpp f32", "fp32", "llama.cpp f32", 0.8, "generation"),
+    ("bf16 decode >= 1.0x llama.cpp f16", "bf16", "llama.cpp f16", 1.0, "generation"),
+    ("int8 decode >= 0.8x llama.cpp q8_0", "int8", "llama.cpp q8_0", 0.8, "generation"),
+    ("fp32 prefill >= 1.0x llama.cpp f32", "fp32", "llama.cpp f32", 1.0, "prompt"),
+    ("bf16 prefill >= 1.0x llama.cpp f16", "bf16", "llama.cpp f16", 1.0, "prompt"),
+)
+BATCH_TARGET = 4.0  # 8-way batched decode >= 4x batch 1
+UNIFORM_TARGET = 0.98  # OpenELM / uniform decode
+METRIC_KEYS = {
+    "prompt": "prompt_tokens_per_s",
+    "generation": "generation_tokens_per_s",
+}
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    median = statistics.median(values)
+    low, high = min(values), max(values)
+    return {
+        "median": median,
+        "min": low,
+        "max": high,
+        "spread": (high - low) / median if median else 0.0,
+        "n": len(values),
+    }
+
+
+def _environment(threads: int) -> dict[str, Any]:
+    import torch
+
+    from elmforge.model import cpu_kernels
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpus": __import__("os").cpu_count(),
+        "threads": threads,
+        "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "elmforge_kernels": cpu_kernels.status(),
+    }
+
+
+def build_payload(
+    config: dict[str, Any],
+    model: dict[str, Any],
+    infos: dict[tuple[str, str], dict],
+    samples: list[dict],
+    roof_bytes: int,
+    skipped: list[dict],
+) -> dict[str, Any]:
+    prompt, generate = config["prompt"], config["generate"]
+    roof_samples = [s for s in samples if s["label"] == "roofline"]
+    roof_by_group: dict[tuple[str, int], list[float]] = {}
+    for s in roof_samples:
+        roof_by_group.setdefault((s["dtype"], s["batch"]), []).append(
+            roof_bytes / s["seconds"] / 1e9
+        )
+    all_roofs = [v for values in roof_by_group.values() for v in values]
+    rows = []
+    groups: dict[tuple[str, str, int], list[dict]] = {}
+    for s in samples:
+        if s["label"] != "roofline":
+            groups.setdefault((s["label"], s["dtype"], s["batch"]), []).append(s)
+    for (label, dtype, batch), group in groups.items():
+        info = infos[(label, dtype)]
+        per_step = info["weight_bytes_per_step"]
+        steps_per_s = [(generate - 1) / s["decode_s"] for s in group]
+        bandwidth = stats([per_step * rate / 1e9 for rate in steps_per_s])
+        roof = statistics.median(roof_by_group.get((dtype, batch), all_roofs))
+        rows.append(
+            {
+                "engine": label,
+                "dtype": dtype,
+                "format": info["format"],
+                "batch": batch,
+                "prompt_tokens_per_s": stats([batch * prompt / s["ttft_s"] for s in group]),
+                "generation_tokens_per_s": stats([batch * r for r in steps_per_s]),
+                "time_to_first_token_s": stats([s["ttft_s"] for s in group]),
+                "peak_memory_bytes": max(s["peak_memory_bytes"] for s in group),
+                "weight_bytes_per_step": per_step,
+                "weight_bytes_per_generated_token": per_step / batch,
+                "bandwidth_gb_s": bandwidth,
+                "roofline_gb_s": roof,
+                "roofline_fraction": bandwidth["median"] / roof,
+                "warmup_s": info.get("warmup_s"),
+            }
+        )
+    rows.sort(key=lambda r: (config["dtypes"].index(r["dtype"]), r["batch"], r["engine"]))
+    payload = {
+        "environment": _environment(config["threads"]),
+        "config": {k: v for k, v in config.items() if k != "skipped"},
+        "model": model,
+        "roofline": {
+            "method": f"threaded float32 matrix-vector products over {config['roofline_mib']} MiB",
+            "gb_s": stats(all_roofs) if all_roofs else None,
+        },
+        "rows": rows,
+        "skipped": skipped,
+    }
+    payload["targets"] = targets(rows)
+    return payload
+
+
+def _row(rows: list[dict], engine: str, dtype: str, batch: int) -> dict | None:
+    return next(
+        (r for r in rows if r["engine"] == engine and r["dtype"] == dtype and r["batch"] == batch),
+        None,
+    )
+
+
+def _best_elmforge(rows: list[dict], dtype: str, batch: int, metric: str) -> dict | None:
+    ours = [
+        r for r in rows if r["engine"].startswith("elmforge ") and r["dtype"] == dtype
+        and r["batch"] == batch
+    ]  # fmt: skip
+    return max(ours, key=lambda r: r[metric]["median"], default=None)
+
+
+def targets(rows: list[dict]) -> list[dict[str, Any]]:
+    """The issue's targets that this run can judge (ratios of medians, batch 1)."""
+    found = []
+    for name, dtype, peer_label, minimum, what in PEER_TARGETS:
+        metric = METRIC_KEYS[what]
+        ours, peer = _best_elmforge(rows, dtype, 1, metric), _row(rows, peer_label, dtype, 1)
+        if ours is None or peer is None:
+            missing = "elmforge" if ours is None else peer_label
+            found.append({"target": name, "value": None, "met": None,
+                          "detail": f"no {missing} row at {dtype}, batch 1"})  # fmt: skip
+            continue
+        value = ours[metric]["median"] / peer[metric]["median"]
+        found.append(
+            {
+                "target": name,
+                "value": value,
+                "met": value >= minimum,
+                "detail": f"{ours['engine']} {ours[metric]['median']:.1f} vs {peer_label} "
+                f"{peer[metric]['median']:.1f} tokens/s",
+            }
+        )
+    metric = METRIC_KEYS["generation"]
+    for dtype in dict.fromkeys(r["dtype"] for r in rows):
+        one, eight = _best_elmforge(rows, dtype, 1, metric), _best_elmforge(rows, dtype, 8, metric)
+        if one is not None and eight is not None:
+            value = eight[metric]["median"] / one[metric]["median"]
+            found.append({"target": f"{dtype} 8-way batched decode >= 4x batch 1", "value": value,
+                          "met": value >= BATCH_TARGET,
+                          "detail": f"{eight['engine']}: {eight[metric]['median']:.1f} vs "
+                                    f"{one[metric]['median']:.1f} tokens/s"})  # fmt: skip
+        for row in rows:
+            if (
+                row["dtype"] != dtype
+                or row["batch"] != 1
+                or not row["engine"].startswith("uniform")
+            ):
+                continue
+            path = row["engine"].split()[-1]
+            ours = _row(rows, f"elmforge {path}", dtype, 1)
+            if ours is not None:
+                value = ours[metric]["median"] / row[metric]["median"]
+                found.append({"target": f"{dtype} OpenELM/uniform decode >= 0.98 ({path})",
+                              "value": value, "met": value >= UNIFORM_TARGET,
+                              "detail": f"{ours[metric]['median']:.1f} vs "
+                                        f"{row[metric]['median']:.1f} tokens/s"})  # fmt: skip
+    return found
+
+
+def _fmt(s: dict[str, float], scale: float = 1.0, digits: int = 1) -> str:
+    return (
+        f"{s['median'] * scale:.{digits}f} "
+        f"({s['min'] * scale:.{digits}f}-{s['max'] * scale:.{digits}f})"
+    )
+
+
+def markdown(payload: dict[str, Any]) -> str:
+    config, env = payload["config"], payload["environment"]
+    roof = payload["roofline"]["gb_s"]
+    lines = [
+        f"# elmforge bench: {payload['model']['source']}",
+        "",
+        f"{payload['model']['parameters']:,} parameters; prompt {config['prompt']} tokens, "
+        f"generate {config['generate']}; {env['threads']} threads on {env['cpu']} "
+        f"({env['cpus']} CPUs), device {config['device']}; torch {env['torch']}; "
+        f"elmforge kernels: {env['elmforge_kernels']}. Medians of {config['repeats']} "
+        "interleaved repeats, (min-max) in brackets.",
+        "",
+        f"Memory roofline (same run): {_fmt(roof)} GB/s." if roof else "",
+        "",
+        "| engine | dtype | batch | prompt tok/s | generation tok/s | TTFT ms | peak MB "
+        "| weights/token MB | GB/s | of roof |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in payload["rows"]:
+        lines.append(
+            f"| {r['engine']} | {r['dtype']} ({r['format']}) | {r['batch']} "
+            f"| {_fmt(r['prompt_tokens_per_s'])} | {_fmt(r['generation_tokens_per_s'])} "
+            f"| {_fmt(r['time_to_first_token_s'], 1e3, 0)} | {r['peak_memory_bytes'] / 2**20:.0f} "
+            f"| {r['weight_bytes_per_generated_token'] / 1e6:.3g} | {_fmt(r['bandwidth_gb_s'])} "
+            f"| {r['roofline_fraction']:.2f} |"
+        )
+    lines += ["", "## Targets", ""]
+    for t in payload["targets"]:
+        verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
+        value = "" if t["value"] is None else f" {t['value']:.2f}:"
+        lines.append(f"- {t['target']}:{value} {verdict} ({t['detail']})")
+    if payload["skipped"]:
+        lines += ["", "## Skipped", ""]
+        lines += [f"- {s['engine']} at {s['dtype']}: {s['reason']}" for s in payload["skipped"]]
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(payload: dict[str, Any], path: Path) -> None:
+    """Generation and prompt tokens/s per engine at each batch size, min-max as error bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = payload["rows"]
+    batches = sorted({r["batch"] for r in rows})
+    fig, axes = plt.subplots(len(batches), 2, figsize=(13, 1.2 + 0.35 * len(rows)), squeeze=False)
+    for i, batch in enumerate(batches):
+        chosen = [r for r in rows if r["batch"] == batch]
+        labels = [f"{r['engine']} [{r['dtype']}]" for r in chosen]
+        for j, key in enumerate(("generation_tokens_per_s", "prompt_tokens_per_s")):
+            ax = axes[i][j]
+            medians = [r[key]["median"] for r in chosen]
+            errors = [
+                [m - r[key]["min"] for m, r in zip(medians, chosen)],
+                [r[key]["max"] - m for m, r in zip(medians, chosen)],
+            ]
+            colors = ["tab:blue" if lab.startswith("elmforge") else "tab:gray" for lab in labels]
+            ax.barh(range(len(chosen)), medians, xerr=errors, color=colors)
+            ax.set_yticks(range(len(chosen)), labels, fontsize=7)
+            ax.invert_yaxis()
+            ax.set_title(f"{key.split('_')[0]} tokens/s, batch {batch}", fontsize=9)
+    fig.suptitle(payload["model"]["source"], fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_reports(payload: dict[str, Any], directory: Path) -> None:
+    (directory / "bench.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (directory / "bench.md").write_text(markdown(payload))
+    if payload["rows"]:
+        bar_chart(payload, directory / "bench.png")
