@@ -1,0 +1,88 @@
+"""`elmforge bench` end to end on a tiny model: every field of bench.json, the Markdown table and
+the PNG chart; peers (llama.cpp, mlx-lm, the naive port) measured or skipped with a reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge.files import output_verb
+from tests.cli_support import run_elmforge
+
+ROW_FIELDS = {
+    "engine", "dtype", "format", "batch", "prompt_tokens_per_s", "generation_tokens_per_s",
+    "time_to_first_token_s", "peak_memory_bytes", "weight_bytes_per_step",
+    "weight_bytes_per_generated_token", "bandwidth_gb_s", "roofline_gb_s", "roofline_fraction",
+    "warmup_s",
+}  # fmt: skip
+STATISTICS = ("prompt_tokens_per_s", "generation_tokens_per_s", "time_to_first_token_s",
+              "bandwidth_gb_s")  # fmt: skip
+PEERS = {"llama.cpp": "llama.cpp", "mlx-lm": "mlx-lm", "naive": "naive"}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("micro")
+    torch.manual_seed(0)
+    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.slow
+def test_bench_writes_every_field_and_names_what_it_skipped(model_dir, tmp_path):
+    out = tmp_path / "bench"
+    proc = run_elmforge(
+        "bench", model_dir, "--prompt", "8", "--generate", "3", "--batch", "1,2",
+        "--dtype", "fp32,int8", "--paths", "eager", "--against", "llama.cpp,mlx-lm,naive,uniform",
+        "--repeats", "2", "--threads", "1", "--roofline-mib", "64", "--out", out,
+        timeout=1200,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    payload = json.loads((out / "bench.json").read_text())
+    assert output_verb(out) == "bench"
+    assert {"environment", "config", "model", "roofline", "rows", "skipped", "targets"} <= set(
+        payload
+    )
+    roof = payload["roofline"]["gb_s"]
+    assert roof["median"] > 0 and roof["n"] == 2 * 2 * 2  # dtypes x batches x repeats
+    rows = payload["rows"]
+    for row in rows:
+        assert set(row) == ROW_FIELDS, row["engine"]
+        for key in STATISTICS:
+            stat = row[key]
+            assert stat["n"] == 2 and 0 < stat["min"] <= stat["median"] <= stat["max"], (row, key)
+            assert stat["spread"] == pytest.approx((stat["max"] - stat["min"]) / stat["median"])
+        assert row["peak_memory_bytes"] > 10 * 2**20
+        assert (
+            row["weight_bytes_per_generated_token"] == row["weight_bytes_per_step"] / row["batch"]
+        )
+        assert row["roofline_fraction"] == pytest.approx(
+            row["bandwidth_gb_s"]["median"] / row["roofline_gb_s"]
+        )
+    measured = {(r["engine"], r["dtype"], r["batch"]) for r in rows}
+    for dtype in ("fp32", "int8"):
+        for batch in (1, 2):
+            assert ("elmforge eager", dtype, batch) in measured
+            assert ("uniform (elmforge) eager", dtype, batch) in measured
+    for peer in PEERS:
+        for dtype in ("fp32", "int8"):
+            ran = any(e.startswith(peer) and d == dtype for e, d, _ in measured)
+            reasons = [s["reason"] for s in payload["skipped"]
+                       if s["engine"].startswith(peer) and s["dtype"] == dtype]  # fmt: skip
+            assert ran != bool(reasons), (peer, dtype, reasons)  # one or the other, with a reason
+            assert all(reasons)
+    assert any(s["engine"] == "naive" and s["dtype"] == "int8" for s in payload["skipped"])
+    int8_row = next(r for r in rows if r["engine"] == "elmforge eager" and r["dtype"] == "int8")
+    fp32_row = next(r for r in rows if r["engine"] == "elmforge eager" and r["dtype"] == "fp32")
+    assert int8_row["weight_bytes_per_step"] < fp32_row["weight_bytes_per_step"] / 2
+    names = [t["target"] for t in payload["targets"]]
+    assert "fp32 decode >= 0.8x llama.cpp f32" in names
+    assert "int8 OpenELM/uniform decode >= 0.98 (eager)" in names
+    markdown = (out / "bench.md").read_text()
+    assert "| engine | dtype | batch | prompt tok/s | generation tok/s" in markdown
+    assert all(r["engine"] in markdown for r in rows)
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "elmforge eager" in proc.stdout  # the table is printed too
