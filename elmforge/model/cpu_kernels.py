@@ -99,6 +99,10 @@ def _register_fakes() -> None:
     def _(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
 
+    @torch.library.register_fake("elmforge::rms_norm")
+    def _(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        return torch.empty_like(x)
+
     @torch.library.register_fake("elmforge::linear_int4")
     def _(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, group_size: int):
         return x.new_empty((*x.shape[:-1], qweight.shape[0]))
@@ -138,6 +142,30 @@ def usable_for(x: torch.Tensor, in_features: int) -> bool:
     if torch.compiler.is_compiling():  # no build inside tracing: load before compiling
         return kernels_ready()
     return load_kernels()
+
+
+NORM_MAX_ELEMENTS = 1 << 16
+"""RMSNorm inputs up to this size (a decode step's) go to the fused kernel; larger ones (prompts)
+keep PyTorch's, which is threaded."""
+
+
+def norm_usable_for(x: torch.Tensor) -> bool:
+    """Whether an RMSNorm of ``x`` should use the fused kernel: a CPU decode-sized tensor, no
+    gradient, not inside ``torch.compile`` (inductor fuses it there). Builds the kernels the first
+    time it says yes."""
+    if (
+        x.device.type != "cpu"
+        or x.numel() > NORM_MAX_ELEMENTS
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+    ):
+        return False
+    return load_kernels()
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``F.rms_norm(x, weight.shape, weight, eps)`` computed in float32, in one op."""
+    return torch.ops.elmforge.rms_norm(x, weight, eps)
 
 
 def linear_decode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
