@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.errors import ElmforgeError, first_line
-from elmforge.infer.bench_engines import EngineSpec, worker_main
+from elmforge.infer.bench_engines import EngineSpec, silent_log, worker_main
 
 BENCH_DTYPES = ("fp32", "bf16", "fp16", "int8", "int4")
 PATHS = ("eager", "compiled")
@@ -186,6 +186,8 @@ def _peer_weights(engine: str, dtype: str, model_dir: Path, work: Path) -> str:
     source = Path(_peer_weights(engine, "fp32", model_dir, work))
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0
+    quiet = llama_cpp.llama_log_callback(silent_log)  # a line per tensor otherwise
+    llama_cpp.llama_log_set(quiet, None)
     if llama_cpp.llama_model_quantize(str(source).encode(), str(target).encode(), params) != 0:
         raise ElmforgeError("llama.cpp could not quantise to q4_0")
     return str(target)

@@ -162,7 +162,7 @@ class NaiveEngine:
         with torch.device("meta"):  # no random initialisation: the weights are loaded next
             self.model = NaiveOpenELM(source.config).eval()
         self.model.load_state_dict(source.state_dict(), strict=False, assign=True)
-        dtype = DTYPES[self.spec.dtype]
+        dtype = getattr(torch, DTYPES[self.spec.dtype])
         self.model.to(device=self.spec.device, dtype=dtype)
         nbytes = weight_bytes_read_per_step(source.to(dtype))  # the same tensors, same reads
         del source
@@ -196,11 +196,13 @@ class LlamaCppEngine:
         import numpy as np
 
         self.llama, self.np = llama_cpp, np
-        self._log = llama_cpp.llama_log_callback(_silent_log)  # kept alive: C holds the pointer
+        self._log = llama_cpp.llama_log_callback(silent_log)  # kept alive: C holds the pointer
         llama_cpp.llama_log_set(self._log, None)
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = 0
+        plain_buffers = needs_plain_buffers(self.spec.peer_format)
+        params.use_extra_bufts = not plain_buffers
         self.model = llama_cpp.llama_model_load_from_file(self.spec.weights.encode(), params)
         if not self.model:
             raise RuntimeError(f"llama.cpp cannot load {self.spec.weights}")
@@ -209,7 +211,7 @@ class LlamaCppEngine:
         return {
             "weight_bytes_per_step": gguf_weight_bytes(self.spec.weights),
             "warmup_s": None,
-            "format": self.spec.peer_format,
+            "format": self.spec.peer_format + (", no repacking" if plain_buffers else ""),
         }
 
     def _context(self, batch: int) -> tuple[Any, Any]:
@@ -264,7 +266,26 @@ class LlamaCppEngine:
         return {"ttft_s": first - start, "decode_s": time.perf_counter() - first}
 
 
-def _silent_log(level: int, text: bytes, user_data: Any) -> None:
+AMX_CRASHING_FORMATS = ("q8_0", "q4_0")
+
+
+def needs_plain_buffers(peer_format: str, cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether llama.cpp must keep ``peer_format``'s weights in plain CPU buffers: on CPUs with
+    AMX_INT8 its AMX repacking of q8_0/q4_0 weights segfaults in ``ggml_backend_amx_mul_mat`` on
+    the first decode (ggml-org/llama.cpp#20824, llama-cpp-python 0.3.36; docs/export.md). The row
+    then says "no repacking": llama.cpp's other repacked kernels are off for it too."""
+    if peer_format not in AMX_CRASHING_FORMATS:
+        return False
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    return any(
+        line.startswith("flags") and "amx_int8" in line.split() for line in text.splitlines()
+    )
+
+
+def silent_log(level: int, text: bytes, user_data: Any) -> None:
     pass
 
 

@@ -11,6 +11,7 @@ import torch
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.files import output_verb
 from tests.cli_support import run_elmforge
+from tests.export.helpers import train_sentencepiece
 
 ROW_FIELDS = {
     "engine", "dtype", "format", "batch", "prompt_tokens_per_s", "generation_tokens_per_s",
@@ -28,6 +29,7 @@ def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("micro")
     torch.manual_seed(0)
     OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(directory)
+    train_sentencepiece(directory / "tokenizer.model")  # the GGUF file needs a vocabulary
     return directory
 
 
@@ -86,3 +88,18 @@ def test_bench_writes_every_field_and_names_what_it_skipped(model_dir, tmp_path)
     assert all(r["engine"] in markdown for r in rows)
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "elmforge eager" in proc.stdout  # the table is printed too
+
+
+@pytest.mark.parametrize(
+    ("peer_format", "flags", "plain"),
+    [("q8_0", "fpu avx512f amx_tile amx_int8", True), ("q4_0", "amx_int8", True),
+     ("q8_0", "fpu avx512f avx512_vnni", False), ("f32", "amx_int8", False),
+     ("f16", "amx_bf16 amx_int8", False)],
+)  # fmt: skip
+def test_llama_cpp_repacking_is_off_only_where_amx_crashes(tmp_path, peer_format, flags, plain):
+    from elmforge.infer.bench_engines import needs_plain_buffers
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
+    assert needs_plain_buffers(peer_format, str(cpuinfo)) is plain
+    assert needs_plain_buffers(peer_format, str(tmp_path / "absent")) is False
