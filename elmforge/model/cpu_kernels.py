@@ -23,6 +23,8 @@ import hashlib
 import logging
 import os
 import platform
+import shutil
+import sysconfig
 import threading
 from pathlib import Path
 
@@ -65,6 +67,7 @@ def _build() -> tuple[bool, str]:
         return False, f"switched off ({ENV_SWITCH}=0)"
     if platform.machine() not in ("x86_64", "AMD64"):
         return False, f"no kernels for {platform.machine()}"
+    _put_ninja_on_path()
     try:
         from torch.utils.cpp_extension import load
 
@@ -86,6 +89,16 @@ def _build() -> tuple[bool, str]:
     if width < 16:
         return False, "compiled without AVX-512 (PyTorch's kernels are faster there)"
     return True, "AVX-512"
+
+
+def _put_ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the ``ninja`` dependency installs it next to this Python,
+    which is not on PATH when ``.venv/bin/elmforge`` runs without an activated environment."""
+    if shutil.which("ninja"):
+        return
+    scripts = sysconfig.get_path("scripts")
+    if scripts and (Path(scripts) / "ninja").exists():
+        os.environ["PATH"] = os.pathsep.join([scripts, os.environ.get("PATH", "")])
 
 
 def _register_fakes() -> None:

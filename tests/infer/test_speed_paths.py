@@ -14,6 +14,9 @@
 from __future__ import annotations
 
 import copy
+import shutil
+import sysconfig
+from pathlib import Path
 
 import pytest
 import torch
@@ -335,3 +338,15 @@ def test_loader_quantises_at_load(tmp_path):
     assert model.quantization == "int4"
     heads = [m for m in model.modules() if isinstance(m, quant.QuantizedLinear)]
     assert heads and all(m.bits == 4 for m in heads)
+
+
+def test_the_kernel_build_finds_the_ninja_installed_beside_python(tmp_path, monkeypatch) -> None:
+    # `.venv/bin/elmforge` runs without an activated venv: the `ninja` dependency's binary is
+    # beside the interpreter, not on PATH, and torch's build looks only on PATH.
+    scripts = Path(sysconfig.get_path("scripts"))
+    if not (scripts / "ninja").exists():
+        pytest.skip(f"the ninja dependency is not installed in {scripts}")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which("ninja") is None
+    cpu_kernels._put_ninja_on_path()
+    assert Path(shutil.which("ninja")).parent == scripts
