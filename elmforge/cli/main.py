@@ -18,8 +18,11 @@ import argparse
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from elmforge import __version__
 from elmforge.errors import ElmforgeError
@@ -92,6 +95,7 @@ def _refuse_abbreviations(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _exit_on_sigterm()
     try:
         return int(args.run(args) or 0)
     except ElmforgeError as err:
@@ -114,6 +118,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `elmforge ... | head` closes stdout early; that is not an error.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once
+    raise SystemExit(128 + signum)
+
+
+def _exit_on_sigterm() -> Any:
+    """Make SIGTERM (``kill``, a scheduler's time limit, torchrun stopping its workers) unwind
+    like Ctrl-C: ``finally`` blocks and context managers run, so temporaries (a bench's
+    converted weights, a half-written output) are removed. Returns the handler to restore, or
+    None where none was installed (not the main thread, or someone else's handler)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _terminated)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ the PNG chart; peers (llama.cpp, mlx-lm, the naive port) measured or skipped wit
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -103,3 +107,30 @@ def test_llama_cpp_repacking_is_off_only_where_amx_crashes(tmp_path, peer_format
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")
     assert needs_plain_buffers(peer_format, str(cpuinfo)) is plain
     assert needs_plain_buffers(peer_format, str(tmp_path / "absent")) is False
+
+
+@pytest.mark.slow
+def test_a_terminated_bench_leaves_no_temporary_directory(model_dir, tmp_path):
+    # SIGTERM (kill, a job scheduler's time limit) unwinds like Ctrl-C: the converted weights in
+    # the bench's temporary directory are removed (on a 270M model they are about 2 GB).
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "CI": "true", "HF_HUB_OFFLINE": "1",
+           "PYTHONUNBUFFERED": "1"}  # fmt: skip
+    argv = [sys.executable, "-m", "elmforge.cli.main", "bench", str(model_dir), "--prompt", "8",
+            "--generate", "3", "--dtype", "fp32", "--against", "uniform", "--repeats", "50",
+            "--threads", "1", "--roofline-mib", "64", "--out", str(tmp_path / "bench")]  # fmt: skip
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)  # fmt: skip
+    seen = []
+    for line in proc.stdout:  # the measurement has started: the uniform twin is written
+        seen.append(line)
+        if "repeat 2/" in line:
+            break
+    assert proc.poll() is None, "".join(seen)[-2000:]
+    assert list(scratch.glob("elmforge-bench-*/uniform/*")), "".join(seen)[-2000:]
+    proc.send_signal(signal.SIGTERM)
+    proc.stdout.read()
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    assert list(scratch.glob("elmforge-bench-*")) == []  # (torch keeps its own caches there)
+    assert not (tmp_path / "bench").exists()
