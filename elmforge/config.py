@@ -310,15 +310,7 @@ def add_config_flags(
     for key, doc in documented_keys(cls).items():
         if key in skip:
             continue
-        group.add_argument(
-            f"--{key}",
-            dest=_OVERRIDES,
-            action=_KeyOverride,
-            key=key,
-            metavar="VALUE",
-            default=argparse.SUPPRESS,
-            help=doc.replace("%", "%%"),
-        )
+        add_override_alias(group, f"--{key}", key, metavar="VALUE", help=doc.replace("%", "%%"))
     group.add_argument(
         "--set",
         dest=_OVERRIDES,
@@ -333,8 +325,8 @@ def add_config_flags(
 def add_override_alias(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup, flag: str, key: str, **kwargs: Any
 ) -> None:
-    """A short flag (``--loss``) that overrides ``key`` (``dpo.loss``) like ``--dpo.loss``: it
-    joins the same ordered list, so whichever of the two is given last wins."""
+    """A flag that overrides ``key``: the generated ``--section.key`` flags and short aliases
+    (``--loss`` for ``dpo.loss``) join one ordered list, so whichever is given last wins."""
     parser.add_argument(
         flag, dest=_OVERRIDES, action=_KeyOverride, key=key, default=argparse.SUPPRESS, **kwargs
     )
