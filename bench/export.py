@@ -31,8 +31,8 @@ from elmforge.data.tokenizer import default_tokenizer_path
 from elmforge.export.gguf import OUT_TYPES, hf_to_gguf
 from elmforge.export.gguf_read import gguf_to_hf
 from elmforge.export.mlx import hf_to_mlx
-from elmforge.export.prepare import complete_model_dir
 from elmforge.model.convert import load_pretrained
+from elmforge.modeldir.complete import complete_model_dir
 
 
 def size_mb(path: Path) -> float:

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/forward.py [--threads 2] [--prompt 128] [--decode 64] [--dtypes fp32,bf16]
 
-A thin caller of ``elmforge bench`` (``elmforge.infer.bench``) for the paper's Section 4 question:
+A thin caller of ``elmforge bench`` (``elmforge.bench.run``) for the paper's Section 4 question:
 random OpenELM-270M weights run by elmforge (eager ``generate``), by the naive port of Apple's hub
 algorithm on the same weights, and by a uniform-allocation model of about the same size (does
 layer-wise scaling cost speed?), interleaved, medians of ``--repeats``. Writes
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from elmforge.infer.bench import BenchConfig, run_bench
-from elmforge.infer.bench_report import markdown
+from elmforge.bench.report import markdown
+from elmforge.bench.run import BenchConfig, run_bench
 
 RESULTS = Path(__file__).resolve().parent / "results" / "forward"
 

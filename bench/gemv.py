@@ -27,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import print_table, write_json
 
 from elmforge import OpenELMConfig, OpenELMForCausalLM
-from elmforge.infer import quant
-from elmforge.model import cpu_kernels
+from elmforge.model import cpu_kernels, quant
 
 
 def model_matrices(name: str) -> list[torch.Tensor]:

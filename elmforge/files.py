@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 from elmforge.errors import ElmforgeError, first_line
-from elmforge.train.run_dir import RESERVED_NAMES, enclosing_run_dir, is_run_dir
+from elmforge.layout import RESERVED_NAMES, enclosing_run_dir, is_run_dir
 
 OUTPUT_MARKER = ".elmforge-output"
 

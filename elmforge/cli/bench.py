@@ -67,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elmforge.infer.bench import BenchConfig, run_bench
+    from elmforge.bench.run import BenchConfig, run_bench
 
     out = Path(args.out) if args.out else Path("runs/bench") / Path(args.model.rstrip("/")).name
     config = BenchConfig(
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         force=args.force,
     )
     payload = run_bench(config)
-    from elmforge.infer.bench_report import markdown
+    from elmforge.bench.report import markdown
 
     print()
     print(markdown(payload))

@@ -163,8 +163,8 @@ def _size(path: Path) -> str:
 
 
 def run_hf_to_corenet(args: argparse.Namespace) -> int:
+    from elmforge.layout import resolve_model_dir
     from elmforge.model.convert import hf_to_corenet
-    from elmforge.model.layout import resolve_model_dir
 
     out = hf_to_corenet(resolve_model_dir(args.model_dir), args.out_path, force=args.force)
     print(f"wrote {out}")

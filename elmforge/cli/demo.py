@@ -4,7 +4,7 @@ Trains a BPE tokenizer on the built-in corpus, pretrains a tiny layer-wise-scale
 averages its last checkpoints, reports validation perplexity of the final and the averaged
 model, and generates a continuation. Re-running with the same ``--out`` resumes.
 
-``--finetune`` runs the fine-tuning demo on that model instead (elmforge.finetune.demo): SFT
+``--finetune`` runs the fine-tuning demo on that model instead (elmforge.demo.finetune): SFT
 with LoRA on LLM-Adapters' CommonSense rows, then DPO, with the llm-adapters accuracy and the
 preference margin before and after.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from elmforge.cli.arg_types import positive_int
 from elmforge.config import add_config_flags, overrides_of
-from elmforge.demo import DEMO_CONFIG, PROMPT
+from elmforge.demo.pretrain import DEMO_CONFIG, PROMPT
 from elmforge.train.config import RunConfig
 
 
@@ -63,13 +63,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.finetune:
-        from elmforge.finetune.demo import DemoSettings
-        from elmforge.finetune.demo import run_demo as run_finetune_demo
+        from elmforge.demo.finetune import DemoSettings
+        from elmforge.demo.finetune import run_demo as run_finetune_demo
 
         settings = DemoSettings(Path(args.out or "runs/demo-finetune"), args.model, args.data_dir)
         run_finetune_demo(settings)
         return 0
-    from elmforge.demo import run_demo
+    from elmforge.demo.pretrain import run_demo
 
     run_demo(
         args.out or "runs/demo",

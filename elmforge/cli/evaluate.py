@@ -140,7 +140,7 @@ def run_llm_adapters(args: argparse.Namespace) -> int:
     """``--suite llm-adapters``: elmforge.evaluate.llm_adapters on the loaded model (+ adapter)."""
     from elmforge.evaluate.harness import model_label
     from elmforge.evaluate.llm_adapters import available_tasks, evaluate_llm_adapters
-    from elmforge.infer.loading import load
+    from elmforge.modeldir.loading import load
 
     if not args.data_dir:
         raise ElmforgeError(

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def run_merge(args: argparse.Namespace) -> int:
-    from elmforge.finetune.adapters import merge_adapter_dir
+    from elmforge.export.merge import merge_adapter_dir
 
     out = merge_adapter_dir(args.base, args.adapter, args.out, args.tokenizer, args.force)
     print(f"wrote {out}")

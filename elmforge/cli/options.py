@@ -2,7 +2,7 @@
 
 Kept light (argparse and the standard library): the CLI builds every verb's parser before it
 imports torch. :func:`load_options` is the one place the model flags become keywords of
-:func:`elmforge.infer.loading.load` (which ``load_and_evaluate`` and the other library entry
+:func:`elmforge.modeldir.loading.load` (which ``load_and_evaluate`` and the other library entry
 points pass on), so a flag added to :func:`add_model_flags` (say ``--adapter DIR``, the loader
 already takes ``adapter=``) is one ``add_argument`` there and one entry here.
 """
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.errors import ElmforgeError
-from elmforge.infer.loading import DTYPE_CHOICES
+from elmforge.runtime import DTYPE_CHOICES
 
 
 def add_model_flags(p: argparse.ArgumentParser, *, model_required: bool = True) -> None:
@@ -45,13 +45,13 @@ def add_model_flags(p: argparse.ArgumentParser, *, model_required: bool = True) 
 
 
 def load_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The keywords of :func:`elmforge.infer.loading.load` that the model flags give."""
+    """The keywords of :func:`elmforge.modeldir.loading.load` that the model flags give."""
     return {"tokenizer": args.tokenizer, "device": args.device, "dtype": args.dtype}
 
 
 def load_model_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~elmforge.infer.loading.LoadedModel` the model flags describe."""
-    from elmforge.infer.loading import load
+    """The :class:`~elmforge.modeldir.loading.LoadedModel` the model flags describe."""
+    from elmforge.modeldir.loading import load
 
     return load(args.model, **load_options(args))
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from elmforge.cli.options import add_generation_model_flags, generation_load_options
-from elmforge.serve.server import DEFAULT_MAX_REQUEST_BYTES
+from elmforge.serve.settings import DEFAULT_MAX_REQUEST_BYTES
 
 EPILOG = """examples:
   elmforge serve runs/tiny/final

@@ -361,7 +361,7 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLik
     ``tokenizer.json`` last, so a reader that finds ``tokenizer.json`` finds the whole set
     (:func:`elmforge.files.replace_files`)."""
     from elmforge.files import replace_files
-    from elmforge.model.layout import TOKENIZER_JSON
+    from elmforge.layout import TOKENIZER_JSON
 
     with replace_files(out_dir, last=(TOKENIZER_JSON,)) as staging:
         tokenizer.save_pretrained(staging)

@@ -26,7 +26,7 @@ from typing import Any
 
 from elmforge.data.config import DataConfig, load_data_config
 from elmforge.errors import ConfigError, OptionError
-from elmforge.model.layout import TOKENIZER_FILES, TOKENIZER_JSON
+from elmforge.layout import TOKENIZER_FILES, TOKENIZER_JSON
 
 # Enough text for a BPE vocabulary of a few thousand tokens, and minutes saved over whole sources.
 BPE_TRAINING_CHARACTERS = 8_000_000

@@ -11,7 +11,7 @@ from elmforge.lazy import lazy_attributes
 
 _LAZY = {
     "SUITES": "elmforge.evaluate.suites",
-    "EvalRequest": "elmforge.evaluate.harness",
+    "EvalRequest": "elmforge.evaluate.request",
     "compare_results": "elmforge.evaluate.report",
     "evaluate_model": "elmforge.evaluate.harness",
     "load_and_evaluate": "elmforge.evaluate.harness",

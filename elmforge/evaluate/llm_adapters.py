@@ -24,8 +24,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from elmforge.data.prompts import llm_adapters_prompt
 from elmforge.errors import DataError, ElmforgeError
-from elmforge.finetune.prompts import llm_adapters_prompt
 
 SUITE = "llm-adapters"
 TASKS = (

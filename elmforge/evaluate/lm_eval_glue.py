@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from elmforge.errors import ElmforgeError, OptionError, first_line
 from elmforge.evaluate.local_data import TaskDataPlan, plan_task_data, write_override_configs
 from elmforge.evaluate.suites import fewshot_count
-from elmforge.infer.loading import context_length_of
+from elmforge.modeldir.loading import context_length_of
 
 if TYPE_CHECKING:
-    from elmforge.evaluate.harness import EvalRequest
+    from elmforge.evaluate.request import EvalRequest
 
 
 @functools.lru_cache(maxsize=1)

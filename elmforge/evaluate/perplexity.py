@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -26,7 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from elmforge.errors import DataError, ElmforgeError, OptionError
-from elmforge.infer.loading import context_length_of
+from elmforge.modeldir.loading import context_length_of
+from elmforge.progress import interactive
 
 
 @dataclass
@@ -58,9 +58,8 @@ class Progress:
         self.desc, self.unit, self.every_s = desc, unit, every_s
         self.count = 0
         self.start = self.last = time.monotonic()
-        interactive = sys.stderr.isatty() and os.environ.get("CI", "").lower() not in ("1", "true")
         self.bar = None
-        if interactive:
+        if interactive():
             from tqdm.auto import tqdm
 
             self.bar = tqdm(desc=desc, unit=unit, unit_scale=True, file=sys.stderr)

@@ -14,7 +14,7 @@ from elmforge.errors import ElmforgeError, OptionError
 from elmforge.evaluate.paper import PAPER, match_paper_variant, paper_figure
 from elmforge.evaluate.suites import SUITES, headline_metric
 from elmforge.files import atomic_write, atomic_write_text
-from elmforge.infer.loading import context_length_of
+from elmforge.modeldir.loading import context_length_of
 
 
 def _jsonable(value: Any) -> Any:

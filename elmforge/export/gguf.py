@@ -156,7 +156,7 @@ def hf_to_gguf(
     """
     from elmforge.export.vocab import add_vocab, vocab_from_dir
     from elmforge.files import atomic_write, claim_output
-    from elmforge.model.layout import resolve_model_dir
+    from elmforge.layout import resolve_model_dir
 
     if out_type not in OUT_TYPES:
         raise OptionError(
@@ -186,8 +186,8 @@ def hf_to_gguf(
 
 
 def _load_config(model_dir: Path) -> Any:
-    from elmforge.export.prepare import read_config
     from elmforge.model.config import OpenELMConfig
+    from elmforge.modeldir.complete import read_config
 
     read_config(model_dir)  # model_type openelm, readable JSON
     try:
@@ -246,7 +246,7 @@ def _expected_shapes(config: Any) -> dict[str, tuple[int, ...]]:
 def _model_name(given: Path, model_dir: Path) -> str | None:
     """``general.name`` for a run (its directory name) or a checkpoint (run-step); None lets
     gguf's metadata heuristics name a plain model directory, as llama.cpp's converter does."""
-    from elmforge.train.run_dir import enclosing_run_dir
+    from elmforge.layout import enclosing_run_dir
 
     if given.resolve() == model_dir.resolve():
         return None
@@ -261,8 +261,13 @@ def _tokenizer_dir(model_dir: Path, tokenizer: str | os.PathLike | None) -> Iter
     """A directory with the model's complete tokenizer files: the model directory itself when it
     has them, else a temporary copy of its small files completed (the input is never written;
     its chat template is kept, an -Instruct model without one gets Apple's)."""
-    from elmforge.export.prepare import complete_model_dir, is_instruct, pick_tokenizer, read_config
-    from elmforge.model.layout import copy_model_files
+    from elmforge.layout import copy_model_files
+    from elmforge.modeldir.complete import (
+        complete_model_dir,
+        is_instruct,
+        pick_tokenizer,
+        read_config,
+    )
 
     config = read_config(model_dir)
     tokenizer, _ = pick_tokenizer(model_dir, tokenizer, config, required=True)
@@ -368,8 +373,9 @@ def byte_bar(label: str | None, total: int) -> Any:
     command prints one line with the size and time when it is done."""
     import sys
 
-    ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-    if label is None or ci or not sys.stderr.isatty():
+    from elmforge.progress import interactive
+
+    if label is None or not interactive():
         return None
     from tqdm import tqdm
 

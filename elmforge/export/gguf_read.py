@@ -225,12 +225,12 @@ def gguf_to_hf(
     import torch
     from transformers.initialization import no_init_weights
 
-    from elmforge.export.prepare import complete_model_dir, is_instruct
     from elmforge.export.vocab import tokenizer_from_gguf
     from elmforge.files import atomic_directory, claim_output
+    from elmforge.layout import SENTENCEPIECE_MODEL
     from elmforge.model.convert import load_model_state
-    from elmforge.model.layout import SENTENCEPIECE_MODEL
     from elmforge.model.modeling import OpenELMForCausalLM
+    from elmforge.modeldir.complete import complete_model_dir, is_instruct
 
     if dtype not in DTYPES:
         raise OptionError("dtype", f"{{option}} {dtype}: expected one of {', '.join(DTYPES)}")

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 from elmforge.errors import CheckpointError, ElmforgeError, OptionError, first_line
-from elmforge.model.layout import (
+from elmforge.layout import (
     CHAT_TEMPLATE_FILE,
     GENERATION_CONFIG,
     SENTENCEPIECE_MODEL,
@@ -54,9 +54,14 @@ def hf_to_mlx(
     groups of ``group_size``. The output is complete (tokenizer, chat template for -Instruct
     models, generation config) and written to a temporary name, then renamed.
     """
-    from elmforge.export.prepare import complete_model_dir, is_instruct, pick_tokenizer, read_config
     from elmforge.files import atomic_directory, claim_output
-    from elmforge.model.layout import copy_model_files, resolve_model_dir
+    from elmforge.layout import copy_model_files, resolve_model_dir
+    from elmforge.modeldir.complete import (
+        complete_model_dir,
+        is_instruct,
+        pick_tokenizer,
+        read_config,
+    )
 
     if quantize is not None and quantize not in QUANTIZE_BITS:
         raise OptionError("quantize", f"{{option}} {quantize}: expected 4 or 8 (bits)")

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.errors import CheckpointError, ElmforgeError, OptionError
-from elmforge.model.layout import SENTENCEPIECE_MODEL, TOKENIZER_JSON
+from elmforge.layout import SENTENCEPIECE_MODEL, TOKENIZER_JSON
 
 PAD_SCORE = -10000.0  # ids the SentencePiece model does not cover
 ADDED_SCORE = -1000.0  # added tokens

@@ -171,8 +171,9 @@ def convert_corenet_peft(
     """``elmforge convert corenet-peft-to-hf``: OUT_DIR is the PEFT adapter, or with ``merge`` the
     merged model (Apple's layout, tokenizer and chat template) with the adapter in OUT_DIR/adapter."""
     from elmforge.files import atomic_directory, claim_output
-    from elmforge.finetune.trainer import write_model_dir
-    from elmforge.train.run_dir import ADAPTER
+    from elmforge.layout import ADAPTER
+    from elmforge.modeldir.adapters import merge_adapter
+    from elmforge.modeldir.save import write_model_dir
 
     out = claim_output(out_dir, "convert", force, inputs=(checkpoint,))
     if merge and tokenizer is None:
@@ -185,5 +186,5 @@ def convert_corenet_peft(
         adapter_dir = tmp / ADAPTER if merge else tmp
         adapters.save_adapter(peft_model, adapter_dir, base_name)
         if merge:
-            write_model_dir(adapters.merge_adapter(peft_model), tokenizer, tmp)
+            write_model_dir(merge_adapter(peft_model), tokenizer, tmp)
     return out

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.data.chat import check_messages
+from elmforge.data.prompts import instruction_prompt, instruction_user_message
 from elmforge.errors import DataError, ElmforgeError
-from elmforge.finetune.prompts import instruction_prompt, instruction_user_message
 
 DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 # Format -> the columns that identify it (checked in this order) and, for messages, what it is.

@@ -11,7 +11,7 @@ reward metrics equal theirs on the same batches. (Measured TRL 1.16 pitfalls on 
 reference model it reloads one from ``config._name_or_path`` and fails on the ``auto_map``; it
 defaults to bf16 and gradient checkpointing even on CPU; it adds no bos to chat rows.)
 
-A run directory (``elmforge.train.run_dir``) holds ``config.yaml`` (the job and the resolved
+A run directory (``elmforge.layout``) holds ``config.yaml`` (the job and the resolved
 config; a re-run with the same command resumes, another config is refused), ``metrics.jsonl``,
 ``tb/``, ``loss.png``, ``checkpoints/step-N/`` (``model/`` is the whole model, or with PEFT the
 adapter, plus optimizer, RNG and data cursor), ``adapter/`` (PEFT runs: the adapter in PEFT's
@@ -37,10 +37,12 @@ from elmforge.finetune import adapters
 from elmforge.finetune.config import FinetuneConfig
 from elmforge.finetune.steps import Stepper
 from elmforge.finetune.tokenize import pad_id_of
+from elmforge.layout import CHECKPOINT_MODEL, RunDir, is_run_dir
+from elmforge.modeldir.adapters import ADAPTER_WEIGHTS, merge_adapter
+from elmforge.modeldir.save import save_model_dir, write_model_dir
 from elmforge.train import checkpoint as ckpt
 from elmforge.train.logging import RunLogger
 from elmforge.train.optim import WarmupCosineSchedule, build_optimizer
-from elmforge.train.run_dir import CHECKPOINT_MODEL, RunDir, is_run_dir
 
 VERB = "finetune"
 DATA_STATE = "data"
@@ -119,7 +121,7 @@ def run_record(job: FinetuneJob, config: FinetuneConfig) -> dict[str, Any]:
 def load_base(job: FinetuneJob, device: str) -> tuple[Any, Any, Path | None]:
     """(model in fp32 on ``device``, tokenizer with Apple's chat template, model directory)."""
     from elmforge.data.chat import ensure_chat_template
-    from elmforge.infer.loading import load
+    from elmforge.modeldir.loading import load
 
     loaded = load(job.model, tokenizer=job.tokenizer, device=device, dtype="fp32")
     return loaded.model, ensure_chat_template(loaded.tokenizer), loaded.directory
@@ -283,7 +285,7 @@ class _Run:
         if self.config.peft != "none":
             adapters.save_adapter(self.model, directory, self._base_name())
         else:
-            ckpt.save_model_dir(self.model.config, self.model.state_dict(), directory)
+            save_model_dir(self.model.config, self.model.state_dict(), directory)
 
     def _base_name(self) -> str:
         return str(self.model_dir.resolve()) if self.model_dir is not None else self.job.model
@@ -299,9 +301,7 @@ class _Run:
             if self.config.peft != "none":
                 from peft import set_peft_model_state_dict
 
-                set_peft_model_state_dict(
-                    self.model, load_file(model_dir / adapters.ADAPTER_WEIGHTS)
-                )
+                set_peft_model_state_dict(self.model, load_file(model_dir / ADAPTER_WEIGHTS))
             else:
                 from elmforge.train.distributed import load_full_state
 
@@ -390,7 +390,7 @@ class _Run:
         if self.config.peft != "none":
             with atomic_directory(self.run_dir.adapter, verb=VERB) as tmp:
                 adapters.save_adapter(model, tmp, self._base_name())
-            model = adapters.merge_adapter(model)
+            model = merge_adapter(model)
         with atomic_directory(self.run_dir.final, verb=VERB) as tmp:
             write_model_dir(model, self.tokenizer, tmp)
         where = f"{self.run_dir.final}" + (
@@ -398,16 +398,3 @@ class _Run:
         )
         logger.info(f"done: {self.max_steps} steps; model in {where}")
         return self.run_dir.final
-
-
-def write_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
-    """Apple's layout (config.json + model.safetensors), completed by the export stage's
-    ``complete_model_dir``: tokenizer files, generation config and Apple's chat template (the
-    template fine-tuning renders conversations with, whatever the tokenizer carried)."""
-    from elmforge.data.chat import APPLE_CHAT_TEMPLATE
-    from elmforge.export.prepare import complete_model_dir
-
-    ckpt.save_model_dir(model.config, model.state_dict(), directory)
-    complete_model_dir(
-        directory, tokenizer, chat_template=APPLE_CHAT_TEMPLATE, require_tokenizer=True
-    )

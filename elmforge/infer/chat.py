@@ -20,7 +20,7 @@ from elmforge.infer.generate import (
     SamplingOptions,
     generate_text,
 )
-from elmforge.infer.loading import context_length_of
+from elmforge.modeldir.loading import context_length_of
 
 COMMANDS_HELP = "commands: /reset (forget the conversation), /system TEXT, /quit"
 

@@ -25,7 +25,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from elmforge.errors import ElmforgeError, OptionError
 from elmforge.infer.detokenize import TextAssembler
-from elmforge.infer.loading import context_length_of
+from elmforge.modeldir.loading import context_length_of
 
 __all__ = [
     "ContextOverflowError",
@@ -321,7 +321,7 @@ def load_generator(
 ) -> tuple[Any, Any]:
     """(LoadedModel, draft model or None): the model to generate with and, for speculative
     decoding, a smaller one with the same vocabulary on the same device and dtype."""
-    from elmforge.infer.loading import load, load_model
+    from elmforge.modeldir.loading import load, load_model
 
     loaded = load(model, tokenizer=tokenizer, adapter=adapter, device=device, dtype=dtype)
     if draft_model is None:

@@ -195,5 +195,5 @@ def linear_int8(x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor) -> 
 def linear_int4(
     x: torch.Tensor, qweight: torch.Tensor, scale: torch.Tensor, group_size: int
 ) -> torch.Tensor:
-    """The int4 product (layout in ``elmforge.infer.quant``) without a float weight."""
+    """The int4 product (layout in ``elmforge.model.quant``) without a float weight."""
     return torch.ops.elmforge.linear_int4(x, qweight, scale, group_size)

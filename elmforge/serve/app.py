@@ -14,7 +14,6 @@ import contextlib
 import hmac
 import json
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -29,16 +28,9 @@ from elmforge.errors import ElmforgeError
 from elmforge.serve.protocol import APIError, Plan, ServeContext, parse_chat, parse_completion
 from elmforge.serve.responses import ChatFormat, CompletionFormat, ResponseFormat
 from elmforge.serve.scheduler import Job, QueueFullError, Scheduler
-from elmforge.serve.server import DEFAULT_MAX_REQUEST_BYTES
+from elmforge.serve.settings import ServerSettings
 
 STATIC_DIR = resources.files("elmforge.serve") / "static"
-
-
-@dataclass
-class ServerSettings:
-    model_name: str
-    api_key: str | None = None
-    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
 
 
 class BodyTooLarge(Exception):

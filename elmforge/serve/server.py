@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.errors import OptionError
-
-DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+from elmforge.serve.settings import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
 
 
 def is_loopback(host: str) -> bool:
@@ -79,15 +78,15 @@ def serve(
     ):
         if value is not None and value < least:
             raise OptionError(option, f"{{option}} {value}: must be at least {least}")
-    from elmforge.infer.loading import find_tokenizer
+    from elmforge.modeldir.loading import find_tokenizer
 
     # What can fail fast does, before the slow imports and the model load.
     find_tokenizer(model, tokenizer)
     sock = bind(host, port)
     from elmforge.infer.chat import encode_rendered, render_messages
     from elmforge.infer.generate import load_generator
-    from elmforge.infer.loading import context_length_of
-    from elmforge.serve.app import ServerSettings, build_app
+    from elmforge.modeldir.loading import context_length_of
+    from elmforge.serve.app import build_app
     from elmforge.serve.protocol import ServeContext
     from elmforge.serve.scheduler import Scheduler
 

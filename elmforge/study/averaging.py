@@ -45,9 +45,9 @@ def run_averaging_study(
 ) -> dict[str, Any]:
     """Score the last ``last`` checkpoints, their average and the final model; write the report."""
     from elmforge.errors import CheckpointError, OptionError
+    from elmforge.layout import RunDir, checkpoint_step
     from elmforge.study.plots import plot_averaging
-    from elmforge.train.checkpoint import average_checkpoints, checkpoint_step
-    from elmforge.train.run_dir import RunDir
+    from elmforge.train.checkpoint import average_checkpoints
 
     if last < 2:
         raise OptionError("last", f"{{option}} {last}: averaging needs at least 2 checkpoints")

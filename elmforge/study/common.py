@@ -87,8 +87,8 @@ class RunStudy:
 
 def open_run_study(run_dir: str | Path, name: str, options: StudyOptions) -> RunStudy:
     """Check the run and the request (cheap); :meth:`RunStudy.claim` then takes the output."""
+    from elmforge.layout import RunDir, is_run_dir
     from elmforge.train.config import RunConfig
-    from elmforge.train.run_dir import RunDir, is_run_dir
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -119,7 +119,8 @@ def open_run_study(run_dir: str | Path, name: str, options: StudyOptions) -> Run
 
 def intact_checkpoints(run_dir: Path, report: Report = say) -> list[Path]:
     """The run's ``step-*`` checkpoints whose manifest checks out, oldest first."""
-    from elmforge.train.checkpoint import list_checkpoints, verify_checkpoint
+    from elmforge.layout import list_checkpoints
+    from elmforge.train.checkpoint import verify_checkpoint
 
     good = []
     for path in list_checkpoints(run_dir):

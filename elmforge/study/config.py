@@ -2,7 +2,7 @@
 
 Everything but ``study:`` is the run config both arms train with (:class:`RunConfig`, so every
 ``--section.key`` flag of ``elmforge pretrain`` works here too); the ``model:`` section names the
-layer-wise scaled arm, and the uniform arm is solved from it (:mod:`elmforge.study.matching`).
+layer-wise scaled arm, and the uniform arm is solved from it (:mod:`elmforge.model.uniform`).
 Light on purpose (no torch): the CLI builds its flags from it.
 """
 

@@ -62,11 +62,11 @@ class EvalSettings:
 
     def zero_shot_request(self) -> Any:
         """The lm-eval request of the zero-shot scores (None without a data dir); building it
-        checks the numbers and the data dir, ``check_tasks()`` the names and files."""
+        checks the numbers and the data dir, ``check_tasks`` the names and files."""
         tasks = self.zero_shot_tasks()
         if tasks is None:
             return None
-        from elmforge.evaluate.harness import EvalRequest
+        from elmforge.evaluate.request import EvalRequest
 
         return EvalRequest(
             tasks=tasks, num_fewshot=0, limit=self.limit, data_dir=self.data_dir,
@@ -97,9 +97,11 @@ def settings_for(
 
 def check_zero_shot_request(settings: EvalSettings) -> None:
     """Task names and local files checked before any training or loading (cheap)."""
+    from elmforge.evaluate.harness import check_tasks
+
     request = settings.zero_shot_request()
     if request is not None:
-        request.check_tasks()
+        check_tasks(request)
 
 
 # -- held-out documents -------------------------------------------------------------------------
@@ -239,7 +241,7 @@ def weights_sha256(model_dir: Path) -> str:
 
 def load_for_scoring(model_dir: Path, tokenizer: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) in float32 (scores comparable on any device), GPU when there is one."""
-    from elmforge.infer.loading import load
+    from elmforge.modeldir.loading import load
 
     loaded = load(model_dir, tokenizer=tokenizer, device="auto", dtype="float32")
     return loaded.model, loaded.tokenizer

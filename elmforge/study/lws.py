@@ -31,6 +31,7 @@ from typing import Any
 
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_write_json, output_verb
+from elmforge.model.uniform import check_layer_wise, match_uniform
 from elmforge.study import Report, say
 from elmforge.study.config import LwsStudyConfig
 from elmforge.study.evaluation import (
@@ -41,7 +42,6 @@ from elmforge.study.evaluation import (
     heldout_texts,
     settings_for,
 )
-from elmforge.study.matching import check_layer_wise, match_uniform
 from elmforge.train.config import RunConfig
 
 VERB = "study lws"

@@ -48,8 +48,8 @@ def run_tokens_study(
 ) -> dict[str, Any]:
     """Score every intact checkpoint of the run; write the report, table and plot."""
     from elmforge.errors import CheckpointError
+    from elmforge.layout import checkpoint_step
     from elmforge.study.plots import plot_tokens
-    from elmforge.train.checkpoint import checkpoint_step
 
     options = options or StudyOptions()
     study = open_run_study(run_dir, "tokens", options)

@@ -1,7 +1,7 @@
 """Training: run configs, the training loop, checkpoints, the run directory, distributed set-up,
 logging.
 
-Names are imported on first use, so ``elmforge.train.run_dir`` and the config kit load without
+Names are imported on first use, so ``elmforge.layout`` and the config kit load without
 torch (the CLI parses its arguments before importing anything heavy).
 """
 

@@ -18,13 +18,11 @@ Loading never unpickles arbitrary objects (``torch.load(weights_only=True)``, sa
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import random
-import re
 import shutil
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +31,16 @@ import torch
 
 from elmforge.errors import CheckpointError, OptionError, first_line
 from elmforge.files import atomic_directory, claim_output, clean_temporaries
-from elmforge.model.layout import WEIGHTS
-from elmforge.train.run_dir import CHECKPOINT_MODEL, CHECKPOINTS, RESERVED_NAMES, RunDir
+from elmforge.layout import (
+    CHECKPOINT_MODEL,
+    CHECKPOINTS,
+    RESERVED_NAMES,
+    WEIGHTS,
+    RunDir,
+    list_checkpoints,
+    step_dir_name,
+)
+from elmforge.modeldir.save import model_from_state, save_model, save_model_dir
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
@@ -42,11 +48,6 @@ OPTIMIZER_STATE = "optimizer.pt"
 RNG_STATE = "rng.pt"
 # The weights a checkpoint's model/ holds: a whole model, or (fine-tuning with PEFT) an adapter.
 MODEL_WEIGHTS = (WEIGHTS, "adapter_model.safetensors")
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:08d}"
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:
@@ -105,22 +106,6 @@ def verify_checkpoint(directory: Path) -> None:
 
 
 # -- finding checkpoints -------------------------------------------------------------------------------
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Step directories of a run, oldest first (no verification)."""
-    root = RunDir(run_dir).checkpoints
-    if not root.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def checkpoint_step(path: Path) -> int:
-    match = _STEP_DIR.match(Path(path).name)
-    if match is None:
-        raise CheckpointError(f"{path}: not a checkpoint directory (expected step-NNNNNNNN)")
-    return int(match.group(1))
-
-
 def find_resume_checkpoint(
     run_dir: Path,
     report: Callable[[str], None] = print,
@@ -222,60 +207,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # -- save / load ------------------------------------------------------------------------------------------
-def model_from_state(model_config: Any, model_state: dict[str, torch.Tensor], source: str) -> Any:
-    """An ``OpenELMForCausalLM`` holding ``model_state`` (its dtype); a mismatch with the config
-    is a one-line error naming ``source``."""
-    from transformers.initialization import no_init_weights
-
-    from elmforge.model.convert import load_model_state
-    from elmforge.model.modeling import OpenELMForCausalLM
-
-    with no_init_weights():  # every tensor is about to be overwritten
-        model = OpenELMForCausalLM(model_config)
-    state = dict(model_state)
-    if model_config.share_input_output_layers:
-        state.pop("lm_head.weight", None)
-    dtype = next(iter(state.values())).dtype
-    model = model.to(dtype)
-    load_model_state(model, state, source)
-    model.config.dtype = dtype
-    return model
-
-
-def save_model(model: Any, directory: Path, tokenizer: Any = None) -> None:
-    """``save_pretrained`` (and the tokenizer's) into ``directory``, without a progress bar."""
-    with _quiet_transformers():
-        model.save_pretrained(directory)
-    if tokenizer is not None:  # a complete model directory (tokenizer files, generation config)
-        from elmforge.export.prepare import complete_model_dir
-
-        complete_model_dir(directory, tokenizer)
-
-
-def save_model_dir(
-    model_config: Any,
-    model_state: dict[str, torch.Tensor],
-    directory: Path,
-    tokenizer: Any = None,
-) -> None:
-    """Write an HF-layout model directory (not atomic: callers write into a temporary dir)."""
-    save_model(model_from_state(model_config, model_state, str(directory)), directory, tokenizer)
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """No "Writing model shards" bar in the middle of the training log."""
-    from transformers.utils import logging as hf_logging
-
-    was_enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            hf_logging.enable_progress_bar()
-
-
 def save_checkpoint(
     run_dir: Path,
     step: int,
@@ -347,7 +278,7 @@ def _load_tensors(path: Path) -> Any:
 def average_checkpoints(paths: list[Path], out_dir: Path, force: bool = False) -> Path:
     """The paper's checkpoint averaging: the element-wise mean of several checkpoints' weights.
 
-    ``paths`` name OpenELM model directories (:func:`elmforge.model.layout.resolve_model_dir`:
+    ``paths`` name OpenELM model directories (:func:`elmforge.layout.resolve_model_dir`:
     also ``step-N`` checkpoint directories) of one run (same shapes). The mean is taken in float64
     and stored in the checkpoints' dtype; config and tokenizer come from the last path. Written
     atomically to ``out_dir`` (HF layout), which may replace only an earlier average (with
@@ -355,13 +286,13 @@ def average_checkpoints(paths: list[Path], out_dir: Path, force: bool = False) -
     """
     from safetensors import safe_open
 
+    from elmforge.layout import CONFIG, copy_model_files, resolve_model_dir
     from elmforge.model.integrity import (
         check_finite,
         check_openelm_config,
         read_config_json,
         read_openelm_config,
     )
-    from elmforge.model.layout import CONFIG, copy_model_files, resolve_model_dir
 
     if not paths:
         raise CheckpointError("average: no checkpoints given")
@@ -402,7 +333,7 @@ def average_checkpoints(paths: list[Path], out_dir: Path, force: bool = False) -
     # Checked before anything is written, so an error names the checkpoint, not a temporary.
     model = model_from_state(config, averaged, str(last))
     with atomic_directory(out_dir, verb="average") as tmp:
-        from elmforge.export.prepare import complete_model_dir, is_instruct, read_config
+        from elmforge.modeldir.complete import complete_model_dir, is_instruct, read_config
 
         # The last checkpoint's small files (tokenizer, chat template), then the averaged model.
         copy_model_files(last, tmp, weights="skip")

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write, atomic_write_text
-from elmforge.train.run_dir import RunDir
+from elmforge.layout import RunDir
+from elmforge.progress import interactive
 
 
 def use_progress_bar(mode: str) -> bool:
@@ -26,8 +25,7 @@ def use_progress_bar(mode: str) -> bool:
         return True
     if mode in ("plain", "none"):
         return False
-    ci = os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
-    return not ci and sys.stderr.isatty()
+    return interactive()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

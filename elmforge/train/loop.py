@@ -40,6 +40,7 @@ from elmforge.data.config import IGNORE_INDEX
 from elmforge.data.tokenizer_choice import resolve_tokenizer
 from elmforge.errors import CheckpointError, ConfigError, ElmforgeError
 from elmforge.files import atomic_directory, atomic_write_text, claim_work_directory, disk_error
+from elmforge.layout import RESERVED_NAMES, RunDir, is_run_dir
 from elmforge.train import distributed as dist_utils
 from elmforge.train.checkpoint import (
     apply_retention,
@@ -59,7 +60,6 @@ from elmforge.train.logging import RunLogger
 from elmforge.train.mfu import flops_per_token, peak_flops_per_device
 from elmforge.train.optim import WarmupCosineSchedule, build_optimizer, loss_sums
 from elmforge.train.resume_rules import check_resume_config, check_resume_step
-from elmforge.train.run_dir import RESERVED_NAMES, RunDir, is_run_dir
 
 LoaderFactory = Callable[..., Any]
 

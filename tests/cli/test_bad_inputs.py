@@ -79,9 +79,9 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from elmforge.data.sources import iter_texts
     from elmforge.data.tokenizer import train_bpe_tokenizer, train_tokenizer_output
     from elmforge.evaluate.harness import EvalRequest, evaluate_model
-    from elmforge.infer.loading import load
     from elmforge.model.convert import corenet_to_hf, hf_to_corenet
     from elmforge.model.profile import resolve_config
+    from elmforge.modeldir.loading import load
     from elmforge.train import RunConfig, average_checkpoints, pretrain
     from elmforge.train.checkpoint import list_checkpoints
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from elmforge.demo import run_demo
-from elmforge.train.run_dir import RunDir, is_run_dir
+from elmforge.demo.pretrain import run_demo
+from elmforge.layout import RunDir, is_run_dir
 
 # A few hundred tiny documents and a micro schedule: the lifecycle in seconds, not minutes.
 FAST = [

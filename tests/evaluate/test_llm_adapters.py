@@ -71,12 +71,12 @@ def test_a_row_whose_answer_is_not_a_candidate_is_refused(tmp_path: Path) -> Non
 
 @pytest.mark.slow
 def test_a_tuned_adapter_scores_its_set_through_evaluate(tmp_path: Path) -> None:
+    from elmforge.data.prompts import llm_adapters_prompt
     from elmforge.data.tokenizer import train_bpe_tokenizer
     from elmforge.evaluate.llm_adapters import evaluate_llm_adapters
     from elmforge.finetune.config import FinetuneConfig
-    from elmforge.finetune.prompts import llm_adapters_prompt
     from elmforge.finetune.trainer import FinetuneJob, finetune
-    from elmforge.infer.loading import load
+    from elmforge.modeldir.loading import load
 
     rows = boolq_rows()
     data_dir = tmp_path / "commonsense"

@@ -97,7 +97,7 @@ def make_model(shape: str, vocab_size: int, seed: int = 0, embedding_scale: floa
 def make_model_dir(path: Path, tokenizer, shape: str = "scaled-3-layers", vocab_size: int = SP_VOCAB,
                    chat_template: str | None = None, **model_options) -> Path:  # fmt: skip
     """A complete model directory (weights, config, tokenizer files) of a random model."""
-    from elmforge.export.prepare import complete_model_dir
+    from elmforge.modeldir.complete import complete_model_dir
 
     model = make_model(shape, vocab_size, **model_options)
     model.save_pretrained(path)

@@ -204,7 +204,7 @@ def test_preset_shapes_get_apple_s_config_back(sp_model, tmp_path):
     model_dir = make_model_dir(tmp_path / "m", sp_model, shape="uniform-2-layers")
     micro = tmp_path / "micro"
     from elmforge import OpenELMConfig, OpenELMForCausalLM
-    from elmforge.export.prepare import complete_model_dir
+    from elmforge.modeldir.complete import complete_model_dir
 
     OpenELMForCausalLM(
         OpenELMConfig.from_name("OpenELM-micro", vocab_size=SP_VOCAB)

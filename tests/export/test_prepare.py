@@ -14,12 +14,8 @@ import torch
 from elmforge.cli.main import main
 from elmforge.data.chat import APPLE_CHAT_TEMPLATE, render_chat
 from elmforge.errors import ElmforgeError
-from elmforge.export.prepare import (
-    complete_model_dir,
-    completeness,
-    current_chat_template,
-    prepare_model_dir,
-)
+from elmforge.export.prepare import completeness, prepare_model_dir
+from elmforge.modeldir.complete import complete_model_dir, current_chat_template
 from tests.cli_support import run_elmforge, tree_snapshot
 from tests.export.helpers import PROBE_TEXTS, make_model, make_model_dir
 
@@ -191,7 +187,7 @@ def test_corenet_to_hf_of_an_instruct_model_gets_apple_s_template(sp_model, tmp_
 
 
 def test_instruct_is_read_from_the_run_and_name_or_path(sp_model, tmp_path):
-    from elmforge.export.prepare import is_instruct
+    from elmforge.modeldir.complete import is_instruct
 
     run = tmp_path / "OpenELM-sft-Instruct"
     (run / "checkpoints").mkdir(parents=True)

@@ -15,6 +15,7 @@ from elmforge.errors import CheckpointError, ConfigError
 from elmforge.finetune import adapters
 from elmforge.finetune.config import DEFAULT_TARGETS, FinetuneConfig
 from elmforge.finetune.trainer import FinetuneJob, finetune
+from elmforge.modeldir import adapters as applied
 from tests.finetune.conftest import instruction_rows, make_model_dir, write_json
 
 REL_TOL = 1e-4
@@ -104,7 +105,7 @@ def test_peft_loads_the_adapter_and_merged_logits_match(dora_run, base_model_dir
 def test_dora_magnitude_is_saved_and_trained(dora_run, base_model_dir) -> None:
     from safetensors.torch import load_file
 
-    adapter = load_file(dora_run / "adapter" / adapters.ADAPTER_WEIGHTS)
+    adapter = load_file(dora_run / "adapter" / applied.ADAPTER_WEIGHTS)
     base = load_file(base_model_dir / "model.safetensors")
     key = "base_model.model.transformer.layers.0.attn.qkv_proj.lora_magnitude_vector"
     assert key in adapter
@@ -127,10 +128,10 @@ def test_an_adapter_for_another_shape_is_refused(dora_run, tmp_path, bpe_tokeniz
 
     deeper = make_model_dir(tmp_path / "deeper", bpe_tokenizer, num_transformer_layers=3)
     with pytest.raises(CheckpointError, match="adapter"):
-        adapters.load_adapter(load_pretrained(deeper), dora_run / "adapter")
+        applied.load_adapter(load_pretrained(deeper), dora_run / "adapter")
     wider = make_model_dir(tmp_path / "wider", bpe_tokenizer, model_dim=96)
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        adapters.load_adapter(load_pretrained(wider), dora_run / "adapter")
+        applied.load_adapter(load_pretrained(wider), dora_run / "adapter")
 
 
 def test_lora_merge_keeps_a_tied_head_without_an_embedding_adapter() -> None:
@@ -144,7 +145,7 @@ def test_lora_merge_keeps_a_tied_head_without_an_embedding_adapter() -> None:
     ids = torch.randint(0, model.config.vocab_size, (2, 12))
     with torch.no_grad():
         expected = peft_model.eval()(input_ids=ids).logits
-        merged = adapters.merge_adapter(peft_model)
+        merged = applied.merge_adapter(peft_model)
         assert relative_error(expected, merged(input_ids=ids).logits) < REL_TOL
     assert merged.config.share_input_output_layers is True
     assert merged.lm_head.weight is merged.transformer.token_embeddings.weight

@@ -54,8 +54,8 @@ def corenet_forward_model(base_dir: Path, tensors: dict[str, torch.Tensor]):
     """CoreNet's forward written out by hand as plain weights: W + s B A (LoRA), m / ||V|| V with
     V = W + s B A per output row (DoRA), embedding E + s (B A)^T for the inputs while the tied
     classifier keeps reading the base embedding."""
-    from elmforge.finetune.adapters import untie_head
     from elmforge.model.convert import load_pretrained
+    from elmforge.modeldir.adapters import untie_head
 
     model = load_pretrained(base_dir)
     scaling = ALPHA / RANK

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from elmforge.demo.finetune import BUILTIN_TASK, builtin_task, pick_model, preference_pairs
 from elmforge.errors import ElmforgeError
 from elmforge.evaluate.llm_adapters import load_task
-from elmforge.finetune.demo import BUILTIN_TASK, builtin_task, pick_model, preference_pairs
 
 
 def test_builtin_set_is_in_llm_adapters_layout(tmp_path: Path) -> None:

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from elmforge.data.chat import APPLE_CHAT_TEMPLATE, render_chat
+from elmforge.data.prompts import llm_adapters_prompt
 from elmforge.finetune.data import PreferenceRow, SFTRow
-from elmforge.finetune.prompts import llm_adapters_prompt
 from elmforge.finetune.tokenize import (
     IGNORE_INDEX,
     TokenRow,

@@ -101,7 +101,7 @@ def test_bench_writes_every_field_and_names_what_it_skipped(model_dir, tmp_path)
      ("f16", "amx_bf16 amx_int8", False)],
 )  # fmt: skip
 def test_llama_cpp_repacking_is_off_only_where_amx_crashes(tmp_path, peer_format, flags, plain):
-    from elmforge.infer.bench_engines import needs_plain_buffers
+    from elmforge.bench.engines import needs_plain_buffers
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n\n")

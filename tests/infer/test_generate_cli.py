@@ -15,7 +15,7 @@ from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.cli.main import main
 from elmforge.data.tokenizer import train_bpe_tokenizer
 from elmforge.infer.generate import SamplingOptions, generate_text
-from elmforge.infer.loading import load
+from elmforge.modeldir.loading import load
 
 CORPUS = [f"def function_{i}(x):\n    return x + {i}\n" for i in range(300)]
 

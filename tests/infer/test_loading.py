@@ -11,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.data.tokenizer import train_bpe_tokenizer
 from elmforge.errors import CheckpointError, ElmforgeError
-from elmforge.infer.loading import load, resolve_dtype
+from elmforge.modeldir.loading import load
+from elmforge.runtime import resolve_dtype
 
 CORPUS = [f"value_{i} = compute({i}, {i * 3})\n" for i in range(200)]
 
@@ -75,7 +76,7 @@ def test_bad_paths_and_offline_hub_names_are_one_line_errors(tmp_path, tokenizer
 
 def test_llama2_vocabulary_without_tokenizer_files_gets_llama2(tmp_path, llama2_tokenizer_path):
     from elmforge.data.tokenizer import default_tokenizer_path
-    from elmforge.infer.loading import find_tokenizer
+    from elmforge.modeldir.loading import find_tokenizer
 
     config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=32000)
     OpenELMForCausalLM(config).save_pretrained(tmp_path / "apple-like")
@@ -98,7 +99,7 @@ def test_a_training_checkpoint_loads_like_its_model_directory(tmp_path, tokenize
 
 
 def test_a_model_argument_names_the_same_directory_for_every_verb(tmp_path, tokenizer_dir):
-    """One resolver (elmforge.model.layout): a run directory names its final/ here as in export
+    """One resolver (elmforge.layout): a run directory names its final/ here as in export
     (generate and evaluate used to refuse it), and a file or an unfinished run is refused with
     export's message."""
     from elmforge.export.gguf import hf_to_gguf

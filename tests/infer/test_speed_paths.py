@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers import GenerationMixin
 
-from elmforge.infer import quant
-from elmforge.model import cpu_kernels, decoding
+from elmforge.model import cpu_kernels, decoding, quant
 from elmforge.model.modeling import OpenELMLinear
 from tests.infer.markov import perplexity, train_markov_model
 from tests.model.helpers import SHAPES, make_model
@@ -331,7 +330,7 @@ def test_quantised_model_reads_the_bytes_it_claims():
 
 
 def test_loader_quantises_at_load(tmp_path):
-    from elmforge.infer.loading import load_model
+    from elmforge.modeldir.loading import load_model
 
     make_model().save_pretrained(tmp_path)
     model = load_model(tmp_path, device="cpu", dtype="int4")

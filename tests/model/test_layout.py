@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from elmforge.model.layout import copy_model_files
+from elmforge.layout import copy_model_files
 
 
 @pytest.mark.parametrize("weights", ["copy", "link", "skip"])

@@ -17,7 +17,7 @@ PROMPT_MARK = "[elmforge] prompt:\n"
 
 @pytest.fixture(scope="module")
 def loaded(model_dir):
-    from elmforge.infer.loading import load
+    from elmforge.modeldir.loading import load
 
     return load(model_dir, device="cpu", dtype="fp32")
 

@@ -28,7 +28,7 @@ def client(server) -> openai.OpenAI:
 
 @pytest.fixture(scope="module")
 def model(model_dir):
-    from elmforge.infer.loading import load_model
+    from elmforge.modeldir.loading import load_model
 
     return load_model(model_dir, device="cpu", dtype="fp32")
 

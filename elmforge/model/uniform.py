@@ -14,11 +14,15 @@ attention and feed-forward. So the uniform model
    divisor only decides rounding); on a tie the coarser divisor wins.
 
 Both arms are then plain ``OpenELMConfig`` s: the uniform one has one number for each multiplier.
+``study lws`` trains the two arms (:func:`match_uniform`, from a preset name and shape) and
+``bench --against uniform`` times them (:func:`uniform_twin`, from any model's config): one
+solver, so the study and the bench compare the same models.
 """
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,13 @@ DEFAULT_TOLERANCE = 0.01
 MIN_FFN_DIVISOR = 8
 # Fields that decide the per-layer lists; the uniform arm sets its own.
 _PER_LAYER_FIELDS = ("num_query_heads", "num_kv_heads", "qkv_multipliers", "ffn_multipliers")
+# What a model's config shares with its uniform twin (everything but the per-layer allocation).
+_SHARED_FIELDS = (
+    "vocab_size", "max_context_length", "num_transformer_layers", "model_dim", "head_dim",
+    "num_gqa_groups", "ffn_with_glu", "ffn_dim_divisor", "activation_fn_name",
+    "normalize_qk_projections", "share_input_output_layers", "rope_freq_constant",
+    "rope_max_length",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,30 @@ def match_uniform(
     counted = {**base, "vocab_size": vocab_size} if vocab_size is not None else base
     check_layer_wise(name, counted)
     lws = OpenELMConfig.from_name(name, **counted)
+    return _solve(lws, counted, base, lambda fields: OpenELMConfig.from_name(name, **fields),
+                  tolerance)  # fmt: skip
+
+
+def uniform_twin(config: OpenELMConfig, tolerance: float = DEFAULT_TOLERANCE) -> OpenELMConfig:
+    """The uniform model matched to any OpenELM config (a model directory's, a preset's), by
+    the same rule as :func:`match_uniform`; a config that is already uniform is its own twin."""
+    if is_uniform(config):
+        return config
+    fields = {key: getattr(config, key) for key in _SHARED_FIELDS}
+    fields["qkv_multipliers"] = config.qkv_multipliers
+    fields["ffn_multipliers"] = config.ffn_multipliers
+    return _solve(config, fields, fields, lambda f: OpenELMConfig(**f), tolerance).config
+
+
+def _solve(
+    lws: OpenELMConfig,
+    counted: dict[str, Any],
+    base: dict[str, Any],
+    make: Callable[[dict[str, Any]], OpenELMConfig],
+    tolerance: float,
+) -> UniformMatch:
+    """The uniform arm of ``lws``: ``counted`` are the fields its totals are built from,
+    ``base`` those the returned shape keeps, ``make`` builds a config from fields."""
     if not 0 < tolerance < 1:
         raise ConfigError(f"tolerance: {tolerance} must be between 0 and 1 (0.01 is 1%)")
     target = lws.num_parameters_total()
@@ -131,8 +166,7 @@ def match_uniform(
     ffn_mean = sum(lws.ffn_dims()) / lws.num_transformer_layers
 
     def build(ffn_dim: int, divisor: int) -> OpenELMConfig:
-        uniform_shape = _uniform_shape(counted, lws, heads, ffn_dim, divisor)
-        return OpenELMConfig.from_name(name, **uniform_shape)
+        return make(_uniform_shape(counted, lws, heads, ffn_dim, divisor))
 
     closest: tuple[float, int, int] | None = None
     divisor = lws.ffn_dim_divisor

@@ -6,7 +6,7 @@ import pytest
 
 from elmforge.errors import ConfigError
 from elmforge.model.config import OpenELMConfig
-from elmforge.study.matching import (
+from elmforge.model.uniform import (
     attention_parameters,
     is_uniform,
     layer_parameters,
@@ -102,3 +102,18 @@ def test_shipped_study_configs_load_and_match(config):
     match = match_uniform(run.model.name, run.model.shape, study.study.tolerance, vocab)
     assert abs(match.relative_gap) <= study.study.tolerance
     assert study.study.seeds == 3
+
+
+@pytest.mark.parametrize("name", ["OpenELM-270M", "OpenELM-450M", "OpenELM-1_1B"])
+def test_bench_twin_is_the_study_arm(name: str) -> None:
+    """``bench --against uniform`` and ``study lws`` compare the same uniform model: the twin built
+    from a model's config equals the arm solved from its preset name."""
+    from elmforge.model.config import OpenELMConfig
+    from elmforge.model.uniform import uniform_twin
+
+    twin = uniform_twin(OpenELMConfig.from_name(name))
+    arm = match_uniform(name).config
+    for key in ("num_query_heads", "num_kv_heads", "ffn_multipliers", "qkv_multipliers"):
+        assert getattr(twin, key) == getattr(arm, key), key
+    assert twin.ffn_dims() == arm.ffn_dims()
+    assert twin.num_parameters_total() == arm.num_parameters_total()

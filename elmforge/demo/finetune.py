@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elmforge.data.prompts import llm_adapters_prompt
 from elmforge.errors import ElmforgeError
 from elmforge.evaluate.llm_adapters import answer_options, available_tasks, load_task
-from elmforge.finetune.prompts import llm_adapters_prompt
 
 DEFAULT_MODELS = ("runs/demo/averaged", "runs/demo/run/final")
 BUILTIN_TASK = "python-topics"
@@ -129,12 +129,16 @@ def pick_model(given: str | None) -> str:
 
 
 def run_demo(settings: DemoSettings) -> dict[str, Any]:
-    from transformers.utils import logging as hf_logging
+    from elmforge.progress import quiet_transformers
 
+    with quiet_transformers():  # no "Loading weights" bar per model load
+        return _run_demo(settings)
+
+
+def _run_demo(settings: DemoSettings) -> dict[str, Any]:
     from elmforge.finetune.config import FinetuneConfig
     from elmforge.finetune.trainer import FinetuneJob, finetune
 
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar per model load
     started = time.perf_counter()
     out = settings.out
     out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +210,7 @@ def measure(
     from elmforge.finetune.data import PreferenceRow
     from elmforge.finetune.losses import preference_margin
     from elmforge.finetune.tokenize import encode_preferences, pad_id_of
-    from elmforge.infer.loading import load
+    from elmforge.modeldir.loading import load
 
     held_rows = [row for task in tasks for row in load_task(data_dir, task, eval_rows)]
     held = [PreferenceRow("held", p["prompt"], p["chosen"], p["rejected"])

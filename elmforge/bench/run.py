@@ -2,7 +2,7 @@
 
 For every dtype asked, the engines (elmforge's eager and compiled ``generate``, and where present
 llama.cpp, mlx-lm, the naive port and the uniform-allocation twin) each live in a worker process
-(:mod:`elmforge.infer.bench_engines`) holding the same weights. For every batch size, every
+(:mod:`elmforge.bench.engines`) holding the same weights. For every batch size, every
 repeat sends the same random prompt to each worker in turn (the order rotating) plus a memory
 roofline probe, so the machine's load hits them alike; the first repeat is an untimed warm-up.
 Reported per engine, dtype and batch: prompt tokens/s, generation tokens/s, time to first token
@@ -15,7 +15,6 @@ side; dtypes run one after another (memory). Outputs: ``bench.json``, ``bench.md
 from __future__ import annotations
 
 import contextlib
-import itertools
 import multiprocessing
 import os
 import random
@@ -26,8 +25,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from elmforge.bench.engines import EngineSpec, silent_log, worker_main
 from elmforge.errors import ElmforgeError, first_line
-from elmforge.infer.bench_engines import EngineSpec, silent_log, worker_main
+from elmforge.model.uniform import uniform_twin
 
 BENCH_DTYPES = ("fp32", "bf16", "fp16", "int8", "int4")
 PATHS = ("eager", "compiled")
@@ -101,30 +101,6 @@ def check_config(config: BenchConfig) -> None:
         raise ElmforgeError(f"--device: expected cpu or cuda, got {config.device}")
 
 
-def uniform_twin(config: Any) -> Any:
-    """A uniform-allocation config with the same depth, width and head size and the closest
-    parameter count: the paper's comparison, asking whether layer-wise scaling costs speed."""
-    from elmforge.model.config import OpenELMConfig
-
-    shared = {
-        key: getattr(config, key)
-        for key in (
-            "vocab_size", "max_context_length", "num_transformer_layers", "model_dim",
-            "head_dim", "num_gqa_groups", "ffn_with_glu", "ffn_dim_divisor",
-            "activation_fn_name", "normalize_qk_projections", "share_input_output_layers",
-            "rope_freq_constant", "rope_max_length",
-        )
-    }  # fmt: skip
-    target = config.num_parameters_total()
-    best = None
-    for qkv, ffn in itertools.product([0.5, 0.75, 1.0], [x / 100 for x in range(100, 401, 5)]):
-        candidate = OpenELMConfig(**shared, qkv_multipliers=qkv, ffn_multipliers=ffn)
-        gap = abs(candidate.num_parameters_total() - target)
-        if best is None or gap < best[0]:
-            best = (gap, candidate)
-    return best[1]
-
-
 def _model_dir(config: BenchConfig, work: Path, log: Callable[[str], None]) -> tuple[Path, str]:
     """The model directory every engine loads, and how to describe it."""
     from elmforge.model.config import PRESETS
@@ -148,16 +124,13 @@ def _model_dir(config: BenchConfig, work: Path, log: Callable[[str], None]) -> t
 
 def _save_random(model_config: Any, directory: Path, seed: int) -> Path:
     import torch
-    from transformers.utils import logging as hf_logging
 
     from elmforge.model.modeling import OpenELMForCausalLM
+    from elmforge.progress import quiet_transformers
 
     torch.manual_seed(seed)
-    hf_logging.disable_progress_bar()
-    try:
+    with quiet_transformers():
         OpenELMForCausalLM(model_config).save_pretrained(directory)
-    finally:
-        hf_logging.enable_progress_bar()
     return directory
 
 
@@ -345,8 +318,8 @@ def measure(
 def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Measure, write ``bench.json``/``bench.md``/``bench.png`` into ``config.out``, return the
     JSON payload."""
+    from elmforge.bench.report import build_payload, write_reports
     from elmforge.files import atomic_directory, claim_output
-    from elmforge.infer.bench_report import build_payload, write_reports
     from elmforge.model.config import OpenELMConfig
 
     check_config(config)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from elmforge.errors import ElmforgeError
-from elmforge.infer.loading import QUANTIZED_DTYPES
 from elmforge.model import cpu_kernels
+from elmforge.runtime import QUANTIZED_DTYPES
 
 INT4_GROUP_SIZE = 32
 INT4_BLOCK = 32  # columns per 16-byte block: byte j holds column j (low nibble) and j + 16

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from elmforge.finetune.prompts import alpaca_prompt, instruction_prompt, llm_adapters_prompt
+from elmforge.data.prompts import alpaca_prompt, instruction_prompt, llm_adapters_prompt
 
 # generate_prompt of AGI-Edgerunners/LLM-Adapters finetune.py at 8166572 (lines 323-343), written
 # out by hand: 16-space indents, two trailing spaces (one with an input) on the first line, an

@@ -49,7 +49,8 @@ def run_demo(
     from elmforge.evaluate.perplexity import perplexity
     from elmforge.files import atomic_write_json, claim_work_directory
     from elmforge.infer.generate import SamplingOptions, generate_text
-    from elmforge.infer.loading import load
+    from elmforge.layout import RunDir
+    from elmforge.modeldir.loading import load
     from elmforge.train.checkpoint import (
         average_checkpoints,
         latest_checkpoints,
@@ -57,7 +58,6 @@ def run_demo(
     )
     from elmforge.train.config import RunConfig
     from elmforge.train.loop import pretrain
-    from elmforge.train.run_dir import RunDir
 
     if average_last < 1:
         raise OptionError("average_last", f"{{option}} {average_last}: must be at least 1")

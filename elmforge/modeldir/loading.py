@@ -14,84 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from elmforge.errors import CheckpointError, OptionError, first_line
+from elmforge.errors import CheckpointError, first_line
+from elmforge.layout import CONFIG, resolve_model_dir
 from elmforge.model.integrity import (
     check_finite,
     check_tensor_names,
     check_tokenizer_fits,
     safetensors_names,
 )
-from elmforge.model.layout import CONFIG, resolve_model_dir
+from elmforge.runtime import QUANTIZED_DTYPES, pick_device, resolve_dtype
 
 if TYPE_CHECKING:
     import torch
 
-# Spelling -> torch dtype name: the short spellings of run configs and transformers' long ones.
-# (Names, not torch objects: the CLI lists them before it imports torch.)
-DTYPES = {
-    "fp32": "float32",
-    "float32": "float32",
-    "bf16": "bfloat16",
-    "bfloat16": "bfloat16",
-    "fp16": "float16",
-    "float16": "float16",
-}
-# Weight-only quantised inference (elmforge.infer.quant): loaded in float32, quantised at load.
-QUANTIZED_DTYPES = ("int8", "int4")
-DTYPE_CHOICES = ("auto", *DTYPES, *QUANTIZED_DTYPES)
 # Config attributes that carry a context length, in the order they are checked.
 CONTEXT_LENGTH_ATTRS = ("max_context_length", "max_position_embeddings", "n_positions", "n_ctx")
 DEFAULT_CONTEXT_LENGTH = 2048
-
-
-def pick_device(device: str = "auto") -> str:
-    """``auto`` is CUDA where there is a GPU, else the CPU; asking for a device this machine
-    does not have (a missing GPU, ``cuda:3`` on a one-GPU machine, ``tpu9``) is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    expected = "expected auto, cpu, cuda, cuda:N or mps"
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise OptionError("device", f"{{option}} {device}: not a device ({expected})") from None
-    if parsed.type == "cuda":
-        if not torch.cuda.is_available():
-            raise OptionError(
-                "device", f"{{option}} {device}: CUDA is not available on this machine"
-            )
-        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
-            raise OptionError(
-                "device",
-                f"{{option}} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)",
-            )
-    elif parsed.type == "mps":
-        if not torch.backends.mps.is_available():
-            raise OptionError(
-                "device", f"{{option}} {device}: MPS is not available on this machine"
-            )
-    elif parsed.type != "cpu":
-        raise OptionError("device", f"{{option}} {device}: unsupported ({expected})")
-    return device
-
-
-def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """``auto`` is float32 on the CPU (its bf16 matmuls are slow) and bfloat16 on an accelerator;
-    ``int8``/``int4`` compute in float32 (only the linear weights are integers)."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype in (None, "auto"):
-        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-    if dtype in QUANTIZED_DTYPES:
-        return torch.float32
-    if dtype not in DTYPES:
-        raise OptionError(
-            "dtype", f"{{option}} {dtype}: expected one of {', '.join(DTYPE_CHOICES)}"
-        )
-    return getattr(torch, DTYPES[dtype])
 
 
 def context_length_of(model: Any) -> int:
@@ -137,7 +75,7 @@ def _is_openelm_dir(model_dir: Path) -> bool:
 
 
 def local_model_dir(path_or_name: str | os.PathLike) -> Path | None:
-    """The model directory ``path_or_name`` names (:func:`elmforge.model.layout.resolve_model_dir`:
+    """The model directory ``path_or_name`` names (:func:`elmforge.layout.resolve_model_dir`:
     a run's ``final/``, a checkpoint's ``model/``), None for a hub name ("name" or "org/name"
     that is not a local path)."""
     spec = str(path_or_name)
@@ -169,7 +107,7 @@ def _quantized(model: Any, quantization: str | None, device: str) -> Any:
     """``model`` with int8/int4 linear layers (quantised on the CPU, then moved to ``device``)."""
     if quantization is None:
         return model
-    from elmforge.infer.quant import quantize_model
+    from elmforge.model.quant import quantize_model
 
     return quantize_model(model, quantization).to(device)
 
@@ -270,6 +208,7 @@ def load(
     at the base model's speed.
     """
     from elmforge.data.tokenizer import load_tokenizer
+    from elmforge.modeldir.adapters import apply_adapter
 
     model_dir = local_model_dir(path_or_name)
     spec = _tokenizer_spec(model_dir, path_or_name, tokenizer)
@@ -286,7 +225,7 @@ def load(
     adapter_dir = None
     if adapter is not None:
         adapter_dir = Path(adapter)
-        model = merge_adapter(model, adapter_dir)
+        model = apply_adapter(model, adapter_dir)
     model = _quantized(model, quantization, resolved_device)
     return LoadedModel(
         model=model,
@@ -299,14 +238,3 @@ def load(
         tokenizer_source=source,
         quantization=quantization,
     )
-
-
-def merge_adapter(model: Any, adapter_dir: str | os.PathLike) -> Any:
-    """``model`` with the PEFT adapter in ``adapter_dir`` merged into its weights (an adapter made
-    for another model is a one-line error; see ``elmforge.finetune.adapters`` for the tied head)."""
-    from elmforge.finetune.adapters import load_adapter
-    from elmforge.finetune.adapters import merge_adapter as merge
-
-    merged = merge(load_adapter(model, adapter_dir))
-    check_finite(merged.state_dict(), str(adapter_dir))
-    return merged

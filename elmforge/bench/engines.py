@@ -2,7 +2,7 @@
 
 One worker per (engine, dtype): its peak memory is its own, its thread settings cannot leak into
 another engine, and a peer that crashes takes only its own column down. The parent
-(:mod:`elmforge.infer.bench`) sends the same prompt tokens to every worker in turn, so a change in
+(:mod:`elmforge.bench.run`) sends the same prompt tokens to every worker in turn, so a change in
 the machine's load hits all engines alike; each worker answers with its timings.
 
 A run is one request: process a (batch, prompt) block of token ids, then decode greedily until
@@ -13,7 +13,7 @@ generation rate counts the ``generate - 1`` tokens in between. Engines:
 - ``elmforge``: ``model.generate()`` itself (what library users, lm-eval and the server call),
   ``eager`` (``decode_compile="off"``) or ``compiled`` (warmed up at load, then the compiled
   static-cache decode step); int8/int4 through the loader's ``--dtype``;
-- ``naive``: the same weights in :mod:`elmforge.infer.naive_openelm` (Apple's hub algorithm);
+- ``naive``: the same weights in :mod:`elmforge.bench.naive_openelm` (Apple's hub algorithm);
 - ``llama.cpp``: a GGUF file through llama-cpp-python's low-level API (``llama_decode`` on a
   batch with one sequence per row, ``n_threads`` set);
 - ``mlx-lm``: the model directory through mlx-lm's own OpenELM and loader, cast or quantised by
@@ -104,9 +104,9 @@ class ElmforgeEngine:
     def load(self) -> dict[str, Any]:
         import torch
 
-        from elmforge.infer.loading import load_model
-        from elmforge.infer.quant import weight_bytes_read_per_step
         from elmforge.model.decoding import cache_bucket, warm_up_decode
+        from elmforge.model.quant import weight_bytes_read_per_step
+        from elmforge.modeldir.loading import load_model
 
         spec = self.spec
         self.torch = torch
@@ -151,9 +151,10 @@ class NaiveEngine:
     def load(self) -> dict[str, Any]:
         import torch
 
-        from elmforge.infer.loading import DTYPES, load_model
-        from elmforge.infer.naive_openelm import NaiveOpenELM
-        from elmforge.infer.quant import weight_bytes_read_per_step
+        from elmforge.bench.naive_openelm import NaiveOpenELM
+        from elmforge.model.quant import weight_bytes_read_per_step
+        from elmforge.modeldir.loading import load_model
+        from elmforge.runtime import DTYPES
 
         if self.spec.dtype not in DTYPES:
             raise ValueError(f"the naive port runs float dtypes only, not {self.spec.dtype}")
