@@ -86,7 +86,8 @@ def _disk_is_full(path: Path) -> bool:
     return stats.f_bavail * stats.f_frsize < _NEARLY_FULL_BYTES
 
 
-_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# Write failures that are the machine's state, not a bug: one line, like any expected failure.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 def _write_failed(path: Path, probe: Path, err: BaseException, tmp: Path) -> BaseException:
@@ -96,7 +97,7 @@ def _write_failed(path: Path, probe: Path, err: BaseException, tmp: Path) -> Bas
     that file: a missing input is not a failure to write the output."""
     if isinstance(err, OSError):
         other = _other_file(err, path, tmp)
-        if other is not None and err.errno not in _DISK_ERRNOS:
+        if other is not None and err.errno not in DISK_ERRNOS:
             return ElmforgeError(f"{other}: {err.strerror or first_line(err)}")
         return disk_error(path, err)
     if isinstance(err, ElmforgeError):

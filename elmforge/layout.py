@@ -43,6 +43,9 @@ TOKENIZER_FILES = (TOKENIZER_JSON, SENTENCEPIECE_MODEL)
 # Files that hold weights, in any format a model directory may carry.
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 WEIGHT_MODES = ("copy", "link", "skip")
+# A PEFT adapter directory (a run's adapter/, a fine-tuning checkpoint's model/).
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 # -- the run directory ---------------------------------------------------------------------------
 RUN_CONFIG = "config.yaml"

@@ -15,7 +15,6 @@ Every rate is reported as its median over the repeats with the min, max and spre
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
@@ -51,22 +50,12 @@ def stats(values: list[float]) -> dict[str, float]:
 def _environment(threads: int) -> dict[str, Any]:
     import torch
 
+    from elmforge.environment import machine
     from elmforge.model import cpu_kernels
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
         "torch": torch.__version__,
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpus": __import__("os").cpu_count(),
-        "threads": threads,
+        **machine(threads),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "elmforge_kernels": cpu_kernels.status(),
     }

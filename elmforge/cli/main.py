@@ -15,7 +15,6 @@ schemas, ``cli.options``), and import torch, transformers and the library inside
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import os
 import signal
@@ -26,9 +25,8 @@ from typing import Any
 
 from elmforge import __version__
 from elmforge.errors import ElmforgeError
+from elmforge.files import DISK_ERRNOS
 
-# Write failures that are the machine's state, not a bug: one line, like any expected failure.
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # verb -> module under elmforge.cli. Modules that are not there yet are skipped.
 VERB_MODULES: dict[str, str] = {
     "demo": "demo",

@@ -20,7 +20,8 @@ MODES = ("packing", "padding")
 IGNORE_INDEX = -100
 # The tokenizer spellings with a meaning of their own (anything else is a path or hub name).
 TOKENIZER_CHOICES = ("auto", "bpe")
-MIN_BPE_VOCAB = 300
+# A byte-level BPE vocabulary holds the 256 bytes and the special tokens before any merge.
+MIN_BPE_VOCAB = 260
 # Far beyond any language model's vocabulary (the largest are ~256k); the Rust BPE trainer aborts
 # the process (out of memory, no Python exception) on sizes near 1e9, so bounds are checked first.
 MAX_BPE_VOCAB = 1 << 20

@@ -20,6 +20,7 @@ from tokenizers.models import BPE
 from transformers import PreTrainedTokenizerFast
 
 from elmforge.errors import ElmforgeError, OptionError
+from elmforge.layout import SENTENCEPIECE_MODEL, TOKENIZER_JSON
 
 SPIECE_UNDERLINE = "▁"
 LLAMA2_TOKENIZER_FILE = "llama2-tokenizer.model"
@@ -221,14 +222,14 @@ def load_tokenizer(spec: str | os.PathLike) -> PreTrainedTokenizerFast:
     """
     path = Path(spec).expanduser()
     if path.is_file():
-        if path.name == "tokenizer.json":
+        if path.name == TOKENIZER_JSON:
             return _load_tokenizer_dir(path.parent)
         return sentencepiece_to_fast(path)
     if path.is_dir():
-        if (path / "tokenizer.json").is_file():
+        if (path / TOKENIZER_JSON).is_file():
             return _load_tokenizer_dir(path)
-        if (path / "tokenizer.model").is_file():
-            return sentencepiece_to_fast(path / "tokenizer.model")
+        if (path / SENTENCEPIECE_MODEL).is_file():
+            return sentencepiece_to_fast(path / SENTENCEPIECE_MODEL)
         raise ElmforgeError(f"{path}: no tokenizer.json or tokenizer.model in this directory")
     text = str(spec)
     if (
@@ -268,7 +269,7 @@ def adds_special_tokens(tokenizer: PreTrainedTokenizerFast) -> tuple[bool, bool]
 def _load_tokenizer_from_hub(name: str) -> PreTrainedTokenizerFast:
     from huggingface_hub import hf_hub_download
 
-    for filename in ("tokenizer.model", "tokenizer.json"):
+    for filename in (SENTENCEPIECE_MODEL, TOKENIZER_JSON):
         try:
             local = hf_hub_download(name, filename)
         except Exception as exc:
@@ -305,11 +306,12 @@ def train_bpe_tokenizer(
     """
     from tokenizers import trainers
 
-    from elmforge.data.config import MAX_BPE_VOCAB
+    from elmforge.data.config import MAX_BPE_VOCAB, MIN_BPE_VOCAB
 
-    if vocab_size < 260:
+    if vocab_size < MIN_BPE_VOCAB:
         raise OptionError(
-            "vocab_size", f"{{option}} {vocab_size}: must be at least 260 (256 bytes + specials)"
+            "vocab_size",
+            f"{{option}} {vocab_size}: must be at least {MIN_BPE_VOCAB} (256 bytes + specials)",
         )
     if vocab_size > MAX_BPE_VOCAB:
         raise OptionError("vocab_size", f"{{option}} {vocab_size}: must be at most {MAX_BPE_VOCAB}")
@@ -361,7 +363,6 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | os.PathLik
     ``tokenizer.json`` last, so a reader that finds ``tokenizer.json`` finds the whole set
     (:func:`elmforge.files.replace_files`)."""
     from elmforge.files import replace_files
-    from elmforge.layout import TOKENIZER_JSON
 
     with replace_files(out_dir, last=(TOKENIZER_JSON,)) as staging:
         tokenizer.save_pretrained(staging)

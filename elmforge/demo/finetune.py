@@ -24,6 +24,7 @@ from typing import Any
 from elmforge.data.prompts import llm_adapters_prompt
 from elmforge.errors import ElmforgeError
 from elmforge.evaluate.llm_adapters import answer_options, available_tasks, load_task
+from elmforge.layout import CONFIG
 
 DEFAULT_MODELS = ("runs/demo/averaged", "runs/demo/run/final")
 BUILTIN_TASK = "python-topics"
@@ -120,7 +121,7 @@ def pick_model(given: str | None) -> str:
     if given is not None:
         return given
     for candidate in DEFAULT_MODELS:
-        if (Path(candidate) / "config.json").is_file():
+        if (Path(candidate) / CONFIG).is_file():
             return candidate
     raise ElmforgeError(
         f"{DEFAULT_MODELS[0]}: no model to tune; run `elmforge demo` (make demo) first or pass "
@@ -190,11 +191,10 @@ def available_tasks_or_builtin(data_dir: Path) -> list[str]:
 
 
 def context_length(model_dir: str) -> int:
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return 2048
-    return int(config.get("max_context_length", 2048))
+    from elmforge.model.integrity import read_config_json
+    from elmforge.modeldir.loading import context_length_of
+
+    return context_length_of(read_config_json(model_dir))
 
 
 def measure(

@@ -41,9 +41,10 @@ def evaluate_model(
     loss, perplexity and bits per byte. The model runs where it is, in eval mode; its train/eval
     mode is restored afterwards, so a trainer can call this mid-training.
     """
+    from elmforge.environment import versions
     from elmforge.evaluate.lm_eval_glue import score_tasks
     from elmforge.evaluate.perplexity import perplexity_of_source
-    from elmforge.evaluate.report import describe_model, describe_tokenizer, versions, write_results
+    from elmforge.evaluate.report import describe_model, describe_tokenizer, write_results
 
     if request is None:
         request = EvalRequest(**request_fields)

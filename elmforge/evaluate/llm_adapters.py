@@ -154,13 +154,9 @@ def evaluate_llm_adapters(
     """Score ``model`` on the suite; returns (and with ``out_dir`` writes) an evaluate report."""
     import datetime as dt
 
+    from elmforge.environment import versions
     from elmforge.evaluate.lm_eval_glue import build_lm
-    from elmforge.evaluate.report import (
-        describe_model,
-        describe_tokenizer,
-        versions,
-        write_results,
-    )
+    from elmforge.evaluate.report import describe_model, describe_tokenizer, write_results
 
     if limit is not None and limit < 1:
         raise ElmforgeError(f"--limit {limit}: must be >= 1")

@@ -3,7 +3,6 @@ side-by-side comparison of several runs (table + bar chart)."""
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 from collections.abc import Sequence
@@ -27,16 +26,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     return str(value)
-
-
-def versions() -> dict[str, str]:
-    out = {}
-    for dist in ("elmforge", "lm_eval", "transformers", "torch", "datasets", "tokenizers"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def describe_model(model: Any, model_name: str | None) -> dict[str, Any]:

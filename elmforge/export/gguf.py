@@ -186,14 +186,9 @@ def hf_to_gguf(
 
 
 def _load_config(model_dir: Path) -> Any:
-    from elmforge.model.config import OpenELMConfig
-    from elmforge.modeldir.complete import read_config
+    from elmforge.model.integrity import read_openelm_config
 
-    read_config(model_dir)  # model_type openelm, readable JSON
-    try:
-        return OpenELMConfig.from_pretrained(model_dir)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{model_dir / 'config.json'}: {first_line(err)}") from None
+    return read_openelm_config(model_dir)
 
 
 def _weight_files(model_dir: Path, config: Any) -> dict[str, Path]:

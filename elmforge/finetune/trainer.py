@@ -37,8 +37,8 @@ from elmforge.finetune import adapters
 from elmforge.finetune.config import FinetuneConfig
 from elmforge.finetune.steps import Stepper
 from elmforge.finetune.tokenize import pad_id_of
-from elmforge.layout import CHECKPOINT_MODEL, RunDir, is_run_dir
-from elmforge.modeldir.adapters import ADAPTER_WEIGHTS, merge_adapter
+from elmforge.layout import ADAPTER_WEIGHTS, CHECKPOINT_MODEL, WEIGHTS, RunDir, is_run_dir
+from elmforge.modeldir.adapters import merge_adapter
 from elmforge.modeldir.save import save_model_dir, write_model_dir
 from elmforge.train import checkpoint as ckpt
 from elmforge.train.logging import RunLogger
@@ -305,7 +305,7 @@ class _Run:
             else:
                 from elmforge.train.distributed import load_full_state
 
-                load_full_state(self.model, None, load_file(model_dir / "model.safetensors"), None)
+                load_full_state(self.model, None, load_file(model_dir / WEIGHTS), None)
             self.optimizer.load_state_dict(
                 torch.load(path / ckpt.OPTIMIZER_STATE, weights_only=True)
             )

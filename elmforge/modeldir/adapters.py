@@ -28,10 +28,8 @@ from typing import Any
 from torch import nn
 
 from elmforge.errors import CheckpointError, first_line
+from elmforge.layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from elmforge.model.integrity import check_finite
-
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 @contextlib.contextmanager

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.data.chat import APPLE_CHAT_TEMPLATE
-from elmforge.errors import CheckpointError, ElmforgeError
+from elmforge.errors import ElmforgeError
 from elmforge.files import atomic_write_json, atomic_write_text, replace_files
 from elmforge.layout import (
     CHAT_TEMPLATE_FILE,
@@ -41,6 +41,7 @@ from elmforge.layout import (
     TOKENIZER_JSON,
     enclosing_run_dir,
 )
+from elmforge.model.integrity import check_openelm_config, read_config_json
 
 # transformers 5 writes "TokenizersBackend", which transformers 4 (still common beside mlx-lm)
 # does not know; both read this name.
@@ -48,18 +49,11 @@ TOKENIZER_CLASS = "PreTrainedTokenizerFast"
 
 
 def read_config(model_dir: Path) -> dict[str, Any]:
-    """``config.json`` of an OpenELM model directory as a dict, or a one-line error."""
+    """``config.json`` of an OpenELM model directory as a dict, or a one-line error (the rule
+    of :func:`elmforge.model.integrity.read_config_json`, OpenELM only)."""
     path = Path(model_dir) / CONFIG
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{model_dir}: not a model directory (no config.json)") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not readable JSON ({err})") from None
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    if config.get("model_type") != "openelm":
-        raise CheckpointError(f"{path}: model_type is {config.get('model_type')!r}, not 'openelm'")
+    config = read_config_json(model_dir if Path(model_dir).is_dir() else path)
+    check_openelm_config(config, str(path))
     return config
 
 

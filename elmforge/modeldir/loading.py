@@ -8,18 +8,18 @@ are the same everywhere.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from elmforge.errors import CheckpointError, first_line
-from elmforge.layout import CONFIG, resolve_model_dir
+from elmforge.layout import resolve_model_dir
 from elmforge.model.integrity import (
     check_finite,
     check_tensor_names,
     check_tokenizer_fits,
+    read_config_json,
     safetensors_names,
 )
 from elmforge.runtime import QUANTIZED_DTYPES, pick_device, resolve_dtype
@@ -33,10 +33,11 @@ DEFAULT_CONTEXT_LENGTH = 2048
 
 
 def context_length_of(model: Any) -> int:
-    """The context length a model's config declares (2048 when it declares none)."""
+    """The context length a model's config declares (2048 when it declares none); ``model`` is
+    a model, or a ``config.json`` read as a mapping."""
     config = getattr(model, "config", None)
     for attr in CONTEXT_LENGTH_ATTRS:
-        value = getattr(config, attr, None)
+        value = model.get(attr) if isinstance(model, dict) else getattr(config, attr, None)
         if isinstance(value, int) and value > 0:
             return value
     return DEFAULT_CONTEXT_LENGTH
@@ -62,10 +63,9 @@ def _tokenizer_spec(model_dir: Path | None, path_or_name: Any, tokenizer: Any) -
 def _config_json(model_dir: Path) -> dict[str, Any] | None:
     """The directory's config.json as a dict, None if it cannot be read as one."""
     try:
-        config = json.loads((model_dir / CONFIG).read_text())
-    except (OSError, ValueError):
+        return read_config_json(model_dir)
+    except CheckpointError:
         return None
-    return config if isinstance(config, dict) else None
 
 
 def _is_openelm_dir(model_dir: Path) -> bool:

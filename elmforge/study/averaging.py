@@ -45,7 +45,7 @@ def run_averaging_study(
 ) -> dict[str, Any]:
     """Score the last ``last`` checkpoints, their average and the final model; write the report."""
     from elmforge.errors import CheckpointError, OptionError
-    from elmforge.layout import RunDir, checkpoint_step
+    from elmforge.layout import WEIGHTS, RunDir, checkpoint_step
     from elmforge.study.plots import plot_averaging
     from elmforge.train.checkpoint import average_checkpoints
 
@@ -91,7 +91,7 @@ def run_averaging_study(
 
     final_dir = RunDir(study.run_dir).final
     final_label = "final"
-    if (final_dir / "model.safetensors").is_file():
+    if (final_dir / WEIGHTS).is_file():
         final_sha = weights_sha256(final_dir)
         same = next((p.name for p, sha in zip(checkpoints, shas) if sha == final_sha), None)
         final_label = f"final (= {same})" if same else "final"

@@ -24,6 +24,7 @@ from typing import Any
 
 from elmforge.errors import DataError, ElmforgeError
 from elmforge.files import atomic_write_json
+from elmforge.layout import WEIGHTS
 from elmforge.study import Report, say
 from elmforge.study.stats import ratio_summary
 
@@ -222,20 +223,16 @@ def zero_shot(model: Any, tokenizer: Any, settings: EvalSettings) -> dict[str, A
 
 # -- models on disk ---------------------------------------------------------------------------------
 def weights_sha256(model_dir: Path) -> str:
-    """The sha256 of ``model.safetensors`` (from a checkpoint's manifest when there is one)."""
-    model_dir = Path(model_dir)
-    manifest = model_dir.parent / "manifest.json"
-    if manifest.is_file():
-        try:
-            files = json.loads(manifest.read_text(encoding="utf-8"))["files"]
-            return files[f"{model_dir.name}/model.safetensors"]["sha256"]
-        except (ValueError, KeyError, TypeError):
-            pass  # an unreadable manifest: hash the file itself
-    weights = model_dir / "model.safetensors"
-    if not weights.is_file():
-        raise ElmforgeError(f"{model_dir}: no model.safetensors")
-    from elmforge.train.checkpoint import sha256_file
+    """The sha256 of the model's weights (from a checkpoint's manifest when there is one)."""
+    from elmforge.train.checkpoint import recorded_sha256, sha256_file
 
+    model_dir = Path(model_dir)
+    recorded = recorded_sha256(model_dir.parent, f"{model_dir.name}/{WEIGHTS}")
+    if recorded is not None:
+        return recorded
+    weights = model_dir / WEIGHTS
+    if not weights.is_file():
+        raise ElmforgeError(f"{model_dir}: no {WEIGHTS}")
     return sha256_file(weights)
 
 

@@ -31,6 +31,7 @@ from typing import Any
 
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_write_json, output_verb
+from elmforge.layout import WEIGHTS, RunDir
 from elmforge.model.uniform import check_layer_wise, match_uniform
 from elmforge.study import Report, say
 from elmforge.study.config import LwsStudyConfig
@@ -57,7 +58,7 @@ def run_name(arm: str, seed: int) -> str:
 
 def run_finished(run_dir: Path) -> bool:
     """A run is finished once its final model exists (written last, atomically)."""
-    return (Path(run_dir) / "final" / "model.safetensors").is_file()
+    return (RunDir(run_dir).final / WEIGHTS).is_file()
 
 
 def evaluation_settings(plan: dict[str, Any]) -> EvalSettings:
@@ -288,7 +289,7 @@ def score_run(out_dir: Path, plan: dict[str, Any], name: str, report: Report = s
     config = RunConfig.from_dict(run["config"], source=f"{out_dir / PLAN_FILE}: {name}")
     settings = evaluation_settings(plan)
     cache = EvaluationCache(out_dir / "evaluations" / f"{name}.json")
-    final = out_dir / run["run_dir"] / "final"
+    final = RunDir(out_dir / run["run_dir"]).final
     texts: list[str] = []
 
     def texts_once() -> list[str]:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from elmforge.errors import ElmforgeError
+from elmforge.layout import RunDir
 from elmforge.study import Report, say
 
 # Seconds between status lines (rate and ETA of every running job).
@@ -79,7 +80,7 @@ def format_seconds(seconds: float | None) -> str:
 
 def _last_metrics(run_dir: Path) -> dict:
     """The newest training line of a run's metrics.jsonl (empty before the first)."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunDir(run_dir).metrics
     try:
         with open(path, "rb") as handle:
             handle.seek(0, os.SEEK_END)

@@ -32,6 +32,7 @@ import torch
 from elmforge.errors import CheckpointError, OptionError, first_line
 from elmforge.files import atomic_directory, claim_output, clean_temporaries
 from elmforge.layout import (
+    ADAPTER_WEIGHTS,
     CHECKPOINT_MODEL,
     CHECKPOINTS,
     RESERVED_NAMES,
@@ -47,7 +48,7 @@ TRAINER_STATE = "trainer_state.json"
 OPTIMIZER_STATE = "optimizer.pt"
 RNG_STATE = "rng.pt"
 # The weights a checkpoint's model/ holds: a whole model, or (fine-tuning with PEFT) an adapter.
-MODEL_WEIGHTS = (WEIGHTS, "adapter_model.safetensors")
+MODEL_WEIGHTS = (WEIGHTS, ADAPTER_WEIGHTS)
 
 
 def clean_stale_temporaries(run_dir: Path) -> None:
@@ -76,6 +77,16 @@ def write_manifest(directory: Path, extra: dict[str, Any] | None = None) -> None
     }
     manifest = {"format": "elmforge-checkpoint-1", **(extra or {}), "files": files}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def recorded_sha256(directory: Path, name: str) -> str | None:
+    """The sha256 the checkpoint's manifest records for ``name`` (a path inside the checkpoint),
+    None when there is no readable manifest or it does not list the file."""
+    try:
+        files = json.loads((Path(directory) / MANIFEST).read_text(encoding="utf-8"))["files"]
+        return files[name]["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def verify_checkpoint(directory: Path) -> None:
