@@ -12,7 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+Report = Callable[[str], None]
+"""The one name of a message callback: where a library function's progress and notice lines go
+(``print`` or :func:`say` on the command line, ``list.append`` in tests)."""
+
+
+def say(message: str) -> None:
+    """The default :data:`Report`: a line on stdout, flushed (long runs' logs are read live)."""
+    print(message, flush=True)
 
 
 def in_ci() -> bool:

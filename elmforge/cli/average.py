@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from elmforge.errors import ConfigError
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,15 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from elmforge.train.checkpoint import average_checkpoints, latest_checkpoints
+    from elmforge.train.checkpoint import average_command
 
-    if args.last is not None:
-        if len(args.paths) != 1:
-            raise ConfigError("--last N takes exactly one run directory")
-        paths = latest_checkpoints(Path(args.paths[0]), args.last)
-    else:
-        paths = [Path(p) for p in args.paths]
-    out = average_checkpoints(paths, Path(args.out), force=args.force)
+    out, paths = average_command(args.paths, args.out, last=args.last, force=args.force)
     print(f"averaged {len(paths)} checkpoints into {out}:")
     for path in paths:
         print(f"  {path}")

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         options,
         _terminal_lines() if interactive else sys.stdin,
         write=write_now,
-        notice=notice,
+        report=notice,
         system=args.system,
         show_prompt=show_prompt if args.show_prompt else None,
     )

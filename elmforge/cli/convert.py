@@ -163,10 +163,9 @@ def _size(path: Path) -> str:
 
 
 def run_hf_to_corenet(args: argparse.Namespace) -> int:
-    from elmforge.layout import resolve_model_dir
     from elmforge.model.convert import hf_to_corenet
 
-    out = hf_to_corenet(resolve_model_dir(args.model_dir), args.out_path, force=args.force)
+    out = hf_to_corenet(args.model_dir, args.out_path, force=args.force)
     print(f"wrote {out}")
     return 0
 
@@ -204,19 +203,14 @@ def add_corenet_peft_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_corenet_peft_to_hf(args: argparse.Namespace) -> int:
-    from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
-    from elmforge.finetune.corenet_peft import convert_corenet_peft
-    from elmforge.model.profile import resolve_config
+    from elmforge.finetune.corenet_peft import corenet_peft_to_hf
 
-    tokenizer = args.tokenizer or default_tokenizer_path()
-    base_name = args.name if "/" in args.name or Path(args.name).exists() else f"apple/{args.name}"
-    out = convert_corenet_peft(
+    out = corenet_peft_to_hf(
         args.checkpoint,
         args.out_dir,
-        resolve_config(args.name),
-        base_name=base_name,
+        args.name,
         merge=args.merge,
-        tokenizer=load_tokenizer(tokenizer) if args.merge and tokenizer else None,
+        tokenizer=args.tokenizer,
         alpha=args.lora_alpha,
         force=args.force,
     )

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from elmforge.cli.options import add_model_flags, load_options
-from elmforge.errors import ElmforgeError
 
 EPILOG = """examples:
   elmforge evaluate runs/tiny/final --suite zero-shot --limit 50
@@ -19,11 +17,8 @@ EPILOG = """examples:
 """
 
 
-LLM_ADAPTERS = "llm-adapters"
-
-
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from elmforge.evaluate.suites import SUITES
+    from elmforge.evaluate.command import SUITE_CHOICES
 
     p = subparsers.add_parser(
         "evaluate",
@@ -45,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     what = p.add_mutually_exclusive_group()
     what.add_argument(
         "--suite",
-        choices=[*SUITES, LLM_ADAPTERS],
+        choices=SUITE_CHOICES,
         help="the paper's task suite, or llm-adapters (LLM-Adapters' CommonSense test sets as "
         "Apple scored its LoRA/DoRA models; needs --data-dir DIR/<task>/test.json)",
     )
@@ -87,73 +82,30 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.compare:
-        from elmforge.evaluate.report import compare_results
-
-        if args.model:
-            raise ElmforgeError("--compare takes results files only, not a MODEL")
-        compare_results(args.compare, args.out, force=args.force)
-        return 0
-    if not args.model:
-        raise ElmforgeError("give a MODEL directory or hub name (or --compare A B)")
-    if not (args.suite or args.tasks or args.perplexity):
-        raise ElmforgeError("nothing to evaluate: give --suite, --tasks or --perplexity")
-    if args.suite == LLM_ADAPTERS:
-        return run_llm_adapters(args)
-    from elmforge.evaluate.harness import EvalRequest, load_and_evaluate
+    from elmforge.evaluate.command import evaluate_command
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    out = _output_dir(args)
-    request = EvalRequest(
-        tasks=tasks,
+    out = evaluate_command(
+        args.model,
+        compare=args.compare,
         suite=args.suite,
+        tasks=tasks,
+        perplexity_data=args.perplexity,
+        out=args.out,
+        force=args.force,
+        load_options={**load_options(args), "adapter": args.adapter},
         num_fewshot=args.num_fewshot,
         limit=args.limit,
         batch_size=args.batch_size,
         data_dir=args.data_dir,
         allow_split_fallback=args.allow_split_fallback,
-        perplexity_data=args.perplexity,
         perplexity_split=args.split,
         context_length=args.context_length,
         stride=args.stride,
         log_samples=args.log_samples,
         verbose=args.verbose,
-        out_dir=out,
-        force=args.force,
     )
-    load_and_evaluate(args.model, request, **evaluate_load_options(args))
-    print((out / "results.md").read_text(encoding="utf-8"))
-    print(f"wrote {out / 'results.json'}")
-    return 0
-
-
-def evaluate_load_options(args: argparse.Namespace) -> dict:
-    """The model flags' loader keywords plus ``--adapter``."""
-    return {**load_options(args), "adapter": args.adapter}
-
-
-def _output_dir(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else Path("runs/evaluate") / Path(args.model).name
-
-
-def run_llm_adapters(args: argparse.Namespace) -> int:
-    """``--suite llm-adapters``: elmforge.evaluate.llm_adapters on the loaded model (+ adapter)."""
-    from elmforge.evaluate.harness import model_label
-    from elmforge.evaluate.llm_adapters import available_tasks, evaluate_llm_adapters
-    from elmforge.modeldir.loading import load
-
-    if not args.data_dir:
-        raise ElmforgeError(
-            "--suite llm-adapters needs --data-dir DIR holding <task>/test.json (LLM-Adapters' "
-            "layout; ../shared/data/commonsense in a checkout)"
-        )
-    tasks = available_tasks(args.data_dir)  # before the slow model load
-    loaded = load(args.model, **evaluate_load_options(args))
-    out = _output_dir(args)
-    evaluate_llm_adapters(loaded.model, loaded.tokenizer, args.data_dir, tasks=tasks,
-                          limit=args.limit, batch_size=args.batch_size, out_dir=out,
-                          model_name=model_label(loaded),
-                          tokenizer_name=loaded.tokenizer_source)  # fmt: skip
-    print((out / "results.md").read_text(encoding="utf-8"))
-    print(f"wrote {out / 'results.json'}")
+    if out is not None:
+        print((out / "results.md").read_text(encoding="utf-8"))
+        print(f"wrote {out / 'results.json'}")
     return 0

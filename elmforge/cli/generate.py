@@ -46,8 +46,6 @@ def run(args: argparse.Namespace) -> int:
     loaded, draft = load_generator_from_args(args)
     options = sampling_options(args, draft)
     write_now(prompt)
-    generate_text(
-        loaded.model, loaded.tokenizer, prompt, options, on_text=write_now, on_notice=notice
-    )
+    generate_text(loaded.model, loaded.tokenizer, prompt, options, on_text=write_now, report=notice)
     sys.stdout.write("\n")
     return 0

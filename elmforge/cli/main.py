@@ -27,7 +27,7 @@ from elmforge import __version__
 from elmforge.errors import ElmforgeError
 from elmforge.files import DISK_ERRNOS
 
-# verb -> module under elmforge.cli. Modules that are not there yet are skipped.
+# verb -> module under elmforge.cli (each defines add_parser and the verb's run).
 VERB_MODULES: dict[str, str] = {
     "demo": "demo",
     "info": "info",
@@ -57,13 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
     subparsers.required = True
     for module_name in dict.fromkeys(VERB_MODULES.values()):
-        try:
-            module = importlib.import_module(f"elmforge.cli.{module_name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"elmforge.cli.{module_name}":
-                continue
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"elmforge.cli.{module_name}").add_parser(subparsers)
     _refuse_abbreviations(parser)
     return parser
 

@@ -49,13 +49,6 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"tokenizer": args.tokenizer, "device": args.device, "dtype": args.dtype}
 
 
-def load_model_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~elmforge.modeldir.loading.LoadedModel` the model flags describe."""
-    from elmforge.modeldir.loading import load
-
-    return load(args.model, **load_options(args))
-
-
 def add_generation_model_flags(p: argparse.ArgumentParser) -> None:
     """The model flags plus what the verbs that generate also take: --adapter and the
     speculative-decoding flags."""

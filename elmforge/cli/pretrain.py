@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from elmforge.config import add_config_flags, overrides_of, read_yaml
-from elmforge.errors import ConfigError
+from elmforge.config import add_config_flags, overrides_of
 from elmforge.train.config import RunConfig
 
 
@@ -48,18 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = overrides_of(args)
-    if args.config and not overrides and not read_yaml(args.config):
-        # All defaults is not a run anyone means (they do not even fit together: the default
-        # seq_len exceeds the default model's context); say so rather than blame one default.
-        raise ConfigError(
-            f"{args.config}: the config file is empty (a run config sets at least model and "
-            "data; see configs/tiny-cpu.yaml)"
-        )
-    if args.corenet_config:
-        config = RunConfig.from_corenet_yaml(args.corenet_config, overrides)
-    else:
-        config = RunConfig.from_yaml(args.config, overrides)
+    config = RunConfig.load(args.config, overrides_of(args), corenet=args.corenet_config)
     if args.print_config:
         print(config.to_yaml(), end="")
         return 0

@@ -14,7 +14,7 @@ import argparse
 import shlex
 import sys
 
-from elmforge.config import add_config_flags, overrides_of
+from elmforge.config import add_config_flags, add_override_alias, overrides_of
 from elmforge.study.config import LwsStudyConfig
 
 EVAL_DOCUMENTS = 200
@@ -43,9 +43,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lws.add_argument(
         "--config", metavar="YAML", help="a run config with an optional study: section"
     )
-    lws.add_argument("--seeds", type=int, metavar="N", help="runs per arm (study.seeds; 3)")
-    lws.add_argument("--jobs", metavar="N", help="runs trained at once (study.jobs; auto)")
-    lws.add_argument("--data-dir", metavar="DIR", help="also score zero-shot tasks from DIR")
+    add_override_alias(lws, "--seeds", "study.seeds", type=int, metavar="N",
+                       help="runs per arm (study.seeds; 3)")  # fmt: skip
+    add_override_alias(lws, "--jobs", "study.jobs", metavar="N",
+                       help="runs trained at once (study.jobs; auto)")  # fmt: skip
+    add_override_alias(lws, "--data-dir", "study.data_dir", metavar="DIR",
+                       help="also score zero-shot tasks from DIR (study.data_dir)")  # fmt: skip
     lws.add_argument("--force", action="store_true", help="start the study in --out over")
     add_config_flags(
         lws, LwsStudyConfig, "config overrides (docs/pretrain.md, docs/studies.md)",
@@ -86,16 +89,7 @@ def _command() -> str:
 def run_lws(args: argparse.Namespace) -> int:
     from elmforge.study.lws import run_lws_study
 
-    overrides = overrides_of(args)
-    for flag, key in (
-        ("seeds", "study.seeds"),
-        ("jobs", "study.jobs"),
-        ("data_dir", "study.data_dir"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    config = LwsStudyConfig.load(args.config, overrides)
+    config = LwsStudyConfig.load(args.config, overrides_of(args))
     run_lws_study(config, args.out, force=args.force, command=_command())
     return 0
 

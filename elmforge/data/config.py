@@ -18,8 +18,6 @@ from elmforge.errors import ConfigError
 MODES = ("packing", "padding")
 # The label of positions no loss counts (padding, prompts): PyTorch's and transformers' convention.
 IGNORE_INDEX = -100
-# The tokenizer spellings with a meaning of their own (anything else is a path or hub name).
-TOKENIZER_CHOICES = ("auto", "bpe")
 # A byte-level BPE vocabulary holds the 256 bytes and the special tokens before any merge.
 MIN_BPE_VOCAB = 260
 # Far beyond any language model's vocabulary (the largest are ~256k); the Rust BPE trainer aborts

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from elmforge.errors import ConfigError
 
-PROMPT_STYLES = ("alpaca", "llm-adapters", "chat")
 _INDENT = " " * 16
 _WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further "

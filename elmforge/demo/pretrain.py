@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from elmforge.errors import OptionError
+from elmforge.progress import Report
 
 DEMO_CONFIG = "tiny-cpu"  # the packaged config (elmforge/configs/tiny-cpu.yaml)
 PROMPT = "def read_config(path):\n"
@@ -33,14 +34,14 @@ def run_demo(
     average_last: int = 3,
     eval_documents: int = 200,
     prompt: str = PROMPT,
-    say: Callable[[str], None] = print,
+    report: Report = print,
     on_text: Callable[[str], None] | None = None,
     force_resume: bool = False,
 ) -> dict[str, Any]:
     """Run the demo into ``out``; return (and write to ``out/demo.json``) its summary.
 
     ``config`` is a run config YAML (or a packaged config's name) and ``overrides`` dotted ``key=value`` pairs applied after the
-    demo's own (its BPE tokenizer of ``vocab_size`` tokens), so the command line wins. ``say``
+    demo's own (its BPE tokenizer of ``vocab_size`` tokens), so the command line wins. ``report``
     receives progress lines and ``on_text`` the sampled text as it streams. ``out`` is new,
     empty or an earlier demo's (anything else in it is refused); ``force_resume`` is
     :func:`~elmforge.train.loop.pretrain`'s.
@@ -68,14 +69,14 @@ def run_demo(
     # Checked before training: a file source has no validation split of its own.
     validation_sources = run_config.data.sources_for("validation")
     run_dir = out / RUN
-    say(f"[demo] pretraining {run_config.model.name} into {run_dir}")
+    report(f"[demo] pretraining {run_config.model.name} into {run_dir}")
     final_dir = pretrain(run_config, run_dir, force_resume=force_resume)
 
     # The newest intact checkpoints' model directories (fewer if the run saved fewer).
     checkpoints = latest_checkpoints(run_dir, min(average_last, len(list_checkpoints(run_dir))))
     averaged_dir = out / AVERAGED
     names = ", ".join(c.parent.name for c in checkpoints)
-    say(f"[demo] averaging {len(checkpoints)} checkpoints: {names}")
+    report(f"[demo] averaging {len(checkpoints)} checkpoints: {names}")
     # The tokenizer comes with the checkpoints; an earlier run's average is the demo's own.
     average_checkpoints(checkpoints, averaged_dir, force=True)
 
@@ -88,12 +89,12 @@ def run_demo(
         loaded = load(directory, device="cpu")
         scores = perplexity(loaded.model, loaded.tokenizer, validation)
         summary[label] = scores
-        say(
+        report(
             f"[demo] validation perplexity, {label} model: {scores['perplexity']:.2f}"
             f" ({scores['tokens']} tokens, {scores['bits_per_byte']:.3f} bits/byte)"
         )
     options = SamplingOptions(max_new_tokens=48, temperature=0.7, seed=0)
-    say("[demo] sampling from the averaged model:")
+    report("[demo] sampling from the averaged model:")
     if on_text is not None:
         on_text(prompt)
     sample = generate_text(loaded.model, loaded.tokenizer, prompt, options, on_text=on_text).text
@@ -102,8 +103,8 @@ def run_demo(
     summary["sample"] = {"prompt": prompt, "continuation": sample}
     summary["elapsed_s"] = round(time.perf_counter() - started, 1)
     atomic_write_json(out / SUMMARY, summary)
-    say(f"[demo] done in {summary['elapsed_s']:.0f} s")
-    say(f"[demo] run directory: {run_dir}  (metrics.jsonl, TensorBoard events, checkpoints)")
-    say(f"[demo] loss curve: {RunDir(run_dir).loss_plot}")
-    say(f"[demo] averaged model: {averaged_dir}  summary: {out / SUMMARY}")
+    report(f"[demo] done in {summary['elapsed_s']:.0f} s")
+    report(f"[demo] run directory: {run_dir}  (metrics.jsonl, TensorBoard events, checkpoints)")
+    report(f"[demo] loss curve: {RunDir(run_dir).loss_plot}")
+    report(f"[demo] averaged model: {averaged_dir}  summary: {out / SUMMARY}")
     return summary

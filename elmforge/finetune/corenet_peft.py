@@ -188,3 +188,33 @@ def convert_corenet_peft(
         if merge:
             write_model_dir(merge_adapter(peft_model), tokenizer, tmp)
     return out
+
+
+def corenet_peft_to_hf(
+    checkpoint: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    name: str,
+    *,
+    merge: bool = False,
+    tokenizer: str | os.PathLike | None = None,
+    alpha: float = APPLE_ALPHA,
+    force: bool = False,
+) -> Path:
+    """``elmforge convert corenet-peft-to-hf``: the base shape from ``name`` (a preset, a model
+    directory or a ``config.json``), the adapter recorded as made for ``apple/NAME`` (or the
+    directory), and for ``merge`` the tokenizer given or else LLaMA-2's where it is found."""
+    from elmforge.data.tokenizer import default_tokenizer_path, load_tokenizer
+    from elmforge.model.profile import resolve_config
+
+    tokenizer = tokenizer or default_tokenizer_path()
+    base_name = name if "/" in name or Path(name).exists() else f"apple/{name}"
+    return convert_corenet_peft(
+        checkpoint,
+        out_dir,
+        resolve_config(name),
+        base_name=base_name,
+        merge=merge,
+        tokenizer=load_tokenizer(tokenizer) if merge and tokenizer else None,
+        alpha=alpha,
+        force=force,
+    )

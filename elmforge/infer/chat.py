@@ -21,6 +21,7 @@ from elmforge.infer.generate import (
     generate_text,
 )
 from elmforge.modeldir.loading import context_length_of
+from elmforge.progress import Report
 
 COMMANDS_HELP = "commands: /reset (forget the conversation), /system TEXT, /quit"
 
@@ -65,9 +66,9 @@ class ChatSession:
             ]
         return [*messages, {"role": "user", "content": user}]
 
-    def prompt_for(self, user: str, notice: Callable[[str], None]) -> tuple[list[int], str]:
+    def prompt_for(self, user: str, report: Report) -> tuple[list[int], str]:
         """(token ids, rendered text) for the next turn. The oldest turns are dropped, with a
-        notice, while prompt plus ``max_new_tokens`` would overflow the context."""
+        report, while prompt plus ``max_new_tokens`` would overflow the context."""
         dropped = 0
         while True:
             rendered = render_messages(self.tokenizer, self.messages(user, self.turns[dropped:]))
@@ -77,7 +78,7 @@ class ChatSession:
             dropped += 1
         if dropped:
             self.turns = self.turns[dropped:]
-            notice(
+            report(
                 f"dropped the oldest {dropped} turn(s) of the conversation to fit the context "
                 f"of {self.context} tokens"
             )
@@ -94,13 +95,13 @@ class ChatSession:
         user: str,
         options: SamplingOptions,
         on_text: Callable[[str], None],
-        notice: Callable[[str], None],
+        report: Report,
         show_prompt: Callable[[str], None] | None = None,
     ) -> GenerationResult:
-        ids, rendered = self.prompt_for(user, notice)
+        ids, rendered = self.prompt_for(user, report)
         if show_prompt is not None:
             show_prompt(rendered)
-        result = generate_text(model, self.tokenizer, ids, options, on_text, on_notice=notice)
+        result = generate_text(model, self.tokenizer, ids, options, on_text, report=report)
         self.turns.append((user, result.text))
         return result
 
@@ -111,7 +112,7 @@ def chat_loop(
     options: SamplingOptions,
     lines: Iterable[str],
     write: Callable[[str], None],
-    notice: Callable[[str], None],
+    report: Report,
     system: str | None = None,
     show_prompt: Callable[[str], None] | None = None,
 ) -> ChatSession:
@@ -126,21 +127,21 @@ def chat_loop(
             break
         if command == "/reset":
             session.turns = []
-            notice("conversation cleared")
+            report("conversation cleared")
             continue
         if command == "/system":
             session.system = argument.strip() or None
-            notice(f"system message {'set' if session.system else 'removed'}")
+            report(f"system message {'set' if session.system else 'removed'}")
             continue
         if command.startswith("/") and command[1:].isalpha():
-            notice(f"unknown command {command}; {COMMANDS_HELP}")
+            report(f"unknown command {command}; {COMMANDS_HELP}")
             continue
         try:
-            session.reply(model, text, options, write, notice, show_prompt)
+            session.reply(model, text, options, write, report, show_prompt)
         except ContextOverflowError as err:
-            notice(str(err))
+            report(str(err))
             continue
         except KeyboardInterrupt:
-            notice("interrupted")
+            report("interrupted")
         write("\n")
     return session

@@ -26,6 +26,7 @@ from transformers.generation.streamers import BaseStreamer
 from elmforge.errors import ElmforgeError, OptionError
 from elmforge.infer.detokenize import TextAssembler
 from elmforge.modeldir.loading import context_length_of
+from elmforge.progress import Report
 
 __all__ = [
     "ContextOverflowError",
@@ -255,12 +256,12 @@ def generate_text(
     prompt: str | Sequence[int],
     options: SamplingOptions | None = None,
     on_text: Callable[[str], None] | None = None,
-    on_notice: Callable[[str], None] | None = None,
+    report: Report | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> GenerationResult:
     """The continuation of ``prompt`` (text, or token ids used as they are).
 
-    ``on_text`` receives the text piece by piece as it becomes final; ``on_notice`` is told when
+    ``on_text`` receives the text piece by piece as it becomes final; ``report`` is told when
     the context shortens the output; ``should_stop`` is polled every step (a client that left).
     """
     options = (options or SamplingOptions()).check()
@@ -270,8 +271,8 @@ def generate_text(
         prompt_ids = list(prompt)
     context = context_length_of(model)
     max_new = fit_to_context(len(prompt_ids), options.max_new_tokens, context)
-    if max_new < options.max_new_tokens and on_notice:
-        on_notice(
+    if max_new < options.max_new_tokens and report:
+        report(
             f"generating at most {max_new} tokens, not {options.max_new_tokens}: the prompt is "
             f"{len(prompt_ids)} tokens and the context {context}"
         )

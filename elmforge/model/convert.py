@@ -17,6 +17,7 @@ from transformers.initialization import no_init_weights
 
 from elmforge.errors import CheckpointError, first_line
 from elmforge.files import atomic_directory, atomic_write, claim_output
+from elmforge.layout import resolve_model_dir
 from elmforge.model.config import OpenELMConfig
 from elmforge.model.integrity import check_finite, check_tensor_names, read_openelm_config
 from elmforge.model.modeling import OpenELMForCausalLM
@@ -169,8 +170,9 @@ def corenet_to_hf(
 def hf_to_corenet(
     model_dir: str | os.PathLike, out_path: str | os.PathLike, force: bool = False
 ) -> Path:
-    """Write an HF-layout OpenELM directory as a CoreNet ``.pt`` state dict (an existing file is
-    replaced only with ``force``)."""
+    """Write an OpenELM model (a model, run or checkpoint directory: what MODEL names for every
+    verb) as a CoreNet ``.pt`` state dict (an existing file is replaced only with ``force``)."""
+    model_dir = resolve_model_dir(model_dir)
     out_path = claim_output(out_path, "convert", force, kind="file", inputs=(model_dir,))
     state = hf_to_corenet_state_dict(load_pretrained(model_dir))
     return atomic_write(out_path, lambda tmp: torch.save(state, tmp))

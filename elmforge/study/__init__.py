@@ -7,13 +7,3 @@
 - ``tokens``: validation loss and zero-shot accuracy against tokens seen
   (:mod:`elmforge.study.tokens`).
 """
-
-from collections.abc import Callable
-
-Report = Callable[[str], None]
-"""Where a study's progress lines go."""
-
-
-def say(message: str) -> None:
-    """The default :data:`Report`: a line on stdout, flushed (a study's log is read live)."""
-    print(message, flush=True)

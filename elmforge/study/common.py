@@ -10,7 +10,7 @@ from typing import Any
 
 from elmforge.errors import CheckpointError, ConfigError, ElmforgeError, OptionError
 from elmforge.files import OUTPUT_MARKER, atomic_write_json, claim_output, output_verb
-from elmforge.study import Report, say
+from elmforge.progress import Report, say
 from elmforge.study.evaluation import (
     EvalSettings,
     EvaluationCache,

@@ -25,7 +25,7 @@ from typing import Any
 from elmforge.errors import DataError, ElmforgeError
 from elmforge.files import atomic_write_json
 from elmforge.layout import WEIGHTS
-from elmforge.study import Report, say
+from elmforge.progress import Report, say
 from elmforge.study.stats import ratio_summary
 
 # Windows of one document scored in one forward pass.

@@ -33,7 +33,7 @@ from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_write_json, output_verb
 from elmforge.layout import WEIGHTS, RunDir
 from elmforge.model.uniform import check_layer_wise, match_uniform
-from elmforge.study import Report, say
+from elmforge.progress import Report, say
 from elmforge.study.config import LwsStudyConfig
 from elmforge.study.evaluation import (
     EvalSettings,

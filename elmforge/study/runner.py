@@ -24,7 +24,7 @@ from pathlib import Path
 
 from elmforge.errors import ElmforgeError
 from elmforge.layout import RunDir
-from elmforge.study import Report, say
+from elmforge.progress import Report, say
 
 # Seconds between status lines (rate and ETA of every running job).
 STATUS_EVERY_S = 60.0

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.files import atomic_write_json, atomic_write_text
-from elmforge.study import Report, say
+from elmforge.progress import Report, say
 from elmforge.study.common import (
     StudyOptions,
     intact_checkpoints,

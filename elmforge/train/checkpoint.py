@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from elmforge.errors import CheckpointError, OptionError, first_line
+from elmforge.errors import CheckpointError, ConfigError, OptionError, first_line
 from elmforge.files import atomic_directory, claim_output, clean_temporaries
 from elmforge.layout import (
     ADAPTER_WEIGHTS,
@@ -354,3 +354,21 @@ def average_checkpoints(paths: list[Path], out_dir: Path, force: bool = False) -
         sources = [str(p) for p in model_dirs]
         (tmp / "averaged_from.json").write_text(json.dumps(sources, indent=1), encoding="utf-8")
     return Path(out_dir)
+
+
+def average_command(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    last: int | None = None,
+    force: bool = False,
+) -> tuple[Path, list[Path]]:
+    """``elmforge average``: the given checkpoints (or, with ``last``, the newest intact ones of
+    the one run directory given) averaged into ``out_dir``; returns it and what was averaged."""
+    if last is not None:
+        if len(paths) != 1:
+            raise ConfigError("--last N takes exactly one run directory")
+        sources = latest_checkpoints(Path(paths[0]), last)
+    else:
+        sources = [Path(p) for p in paths]
+    return average_checkpoints(sources, Path(out_dir), force=force), sources

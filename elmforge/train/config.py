@@ -187,6 +187,29 @@ class RunConfig:
         # line, not on the file.
         return kit.load(cls, path, overrides, raw=raw, prepare=cls._data_seed_defaults_to_seed)
 
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        overrides: typing.Sequence[str] = (),
+        *,
+        corenet: str | Path | None = None,
+    ) -> RunConfig:
+        """``elmforge pretrain``'s config: an elmforge YAML (a file or a packaged name) or, with
+        ``corenet``, one of CoreNet's OpenELM YAML files, then the overrides. An empty elmforge
+        file with no overrides is refused: all defaults is not a run anyone means (the default
+        seq_len exceeds the default model's context)."""
+        if corenet is not None:
+            return cls.from_corenet_yaml(corenet, overrides)
+        if path is None:
+            raise ConfigError("give a run config (--config) or a CoreNet config (--corenet-config)")
+        if not overrides and not kit.read_yaml(path):
+            raise ConfigError(
+                f"{path}: the config file is empty (a run config sets at least model and "
+                "data; see configs/tiny-cpu.yaml)"
+            )
+        return cls.from_yaml(path, overrides)
+
     def to_dict(self) -> dict[str, Any]:
         return kit.to_dict(self)
 

@@ -50,7 +50,7 @@ def test_demo_runs_the_lifecycle_into_one_directory(tmp_path: Path) -> None:
         vocab_size=300,
         average_last=2,
         eval_documents=5,
-        say=lines.append,
+        report=lines.append,
         on_text=streamed.append,
     )
     out = tmp_path / "demo"

@@ -124,7 +124,7 @@ def test_prompt_tokens_are_never_dropped(model, tokenizer):
     prompt = long_ids[: context - 5]
     notices = []
     options = SamplingOptions(max_new_tokens=50, greedy=True, ignore_eos=True)
-    result = generate_text(model, tokenizer, prompt, options, on_notice=notices.append)
+    result = generate_text(model, tokenizer, prompt, options, report=notices.append)
     assert result.completion_tokens == 5 and result.finish_reason == "length"
     assert notices == [f"generating at most 5 tokens, not 50: the prompt is {context - 5} tokens "
                        f"and the context {context}"]  # fmt: skip

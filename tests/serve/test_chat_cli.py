@@ -54,7 +54,7 @@ def test_commands_system_reset_and_unknown(loaded):
     options = SamplingOptions(max_new_tokens=4, greedy=True)
     lines = ["hi", "/system Be brief.", "again", "/reset", "fresh", "/help", "/quit", "never"]
     chat_loop(loaded.model, loaded.tokenizer, options, lines, write=lambda _: None,
-              notice=notices.append, show_prompt=prompts.append)  # fmt: skip
+              report=notices.append, show_prompt=prompts.append)  # fmt: skip
     assert len(prompts) == 3  # hi, again, fresh; nothing after /quit
     assert "<|system|>" not in prompts[0]
     assert prompts[1].startswith("<|system|>\nBe brief.") and prompts[1].count("<|user|>") == 2
@@ -70,7 +70,7 @@ def test_history_is_trimmed_from_the_oldest_turn_with_a_notice(loaded, monkeypat
     options = SamplingOptions(max_new_tokens=new_tokens, greedy=True)
     lines = ["first question", "second question", "third question", "x" * 500, "last"]
     session = chat_loop(loaded.model, loaded.tokenizer, options, lines, write=lambda _: None,
-                        notice=notices.append, show_prompt=prompts.append)  # fmt: skip
+                        report=notices.append, show_prompt=prompts.append)  # fmt: skip
     assert any("dropped the oldest" in n for n in notices)
     assert "first question" in prompts[0] and "first question" not in prompts[-1]
     assert "last" in prompts[-1]
