@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,6 +36,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DIR = Path(os.environ.get("ELMFORGE_SHARED", REPO_ROOT.parent / "shared")).resolve()
 SHARED_DATA = SHARED_DIR / "data"
 LLAMA2_TOKENIZER = SHARED_DATA / "llama2-tokenizer.model"
+
+
+def write_model_dir(
+    directory: Path,
+    tokenizer: Any = None,
+    *,
+    seed: int = 0,
+    name: str = "OpenELM-micro",
+    **fields: Any,
+) -> Path:
+    """The one way the tests make a model directory: a randomly initialised OpenELM (``name``
+    with ``fields`` overriding its config, seeded) saved in HF layout, with ``tokenizer``'s
+    files beside it when one is given."""
+    import torch
+
+    from elmforge.model.config import OpenELMConfig
+    from elmforge.model.modeling import OpenELMForCausalLM
+
+    torch.manual_seed(seed)
+    OpenELMForCausalLM(OpenELMConfig.from_name(name, **fields)).save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
 
 
 def require_shared(path: Path = SHARED_DATA) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import write_model_dir
 from tests.evaluate.eval_helpers import corpus_strings, train_tokenizer, write_task_dir
 
 
@@ -38,8 +39,8 @@ def tiny_model(tokenizer):
 
 
 @pytest.fixture(scope="session")
-def model_dir(tmp_path_factory, tiny_model, tokenizer) -> Path:
-    path = tmp_path_factory.mktemp("model")
-    tiny_model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+def model_dir(tmp_path_factory, tokenizer) -> Path:
+    """``tiny_model`` on disk (the same seed and shape)."""
+    return write_model_dir(
+        tmp_path_factory.mktemp("model"), tokenizer, vocab_size=512, max_context_length=256
+    )

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import write_model_dir
+
 COLOURS = ["red", "green", "blue", "yellow", "black", "white", "orange", "purple"]
 THINGS = ["apple", "leaf", "sky", "sun", "coal", "snow", "carrot", "plum"]
 
@@ -58,17 +60,9 @@ def bpe_tokenizer():
 
 
 def make_model_dir(directory: Path, tokenizer: Any, seed: int = 0, **shape: Any) -> Path:
-    import torch
-
-    from elmforge.model.config import OpenELMConfig
-    from elmforge.model.modeling import OpenELMForCausalLM
-
-    torch.manual_seed(seed)
+    """OpenELM-micro with ``tokenizer``, its vocabulary rounded up to a multiple of 64."""
     vocab = -(-len(tokenizer) // 64) * 64
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=vocab, **shape)
-    OpenELMForCausalLM(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return write_model_dir(directory, tokenizer, seed=seed, vocab_size=vocab, **shape)
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ from elmforge.cli.main import main
 from elmforge.data.tokenizer import train_bpe_tokenizer
 from elmforge.infer.generate import SamplingOptions, generate_text
 from elmforge.modeldir.loading import load
+from tests.conftest import write_model_dir
 
 CORPUS = [f"def function_{i}(x):\n    return x + {i}\n" for i in range(300)]
 
@@ -24,10 +25,7 @@ CORPUS = [f"def function_{i}(x):\n    return x + {i}\n" for i in range(300)]
 def model_dir(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("model")
     tokenizer = train_bpe_tokenizer(CORPUS, vocab_size=320, out_dir=directory)
-    torch.manual_seed(0)
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=len(tokenizer))
-    OpenELMForCausalLM(config).save_pretrained(directory)
-    return directory
+    return write_model_dir(directory, vocab_size=len(tokenizer))
 
 
 def test_generate_text_greedy_matches_manual_argmax(model_dir):

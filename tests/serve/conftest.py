@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.conftest import write_model_dir
 from tests.evaluate.eval_helpers import corpus_strings, train_tokenizer, write_task_dir
 from tests.serve.server_support import running_server
 
@@ -22,17 +22,9 @@ def task_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory, task_dir) -> Path:
-    from elmforge import OpenELMConfig, OpenELMForCausalLM
-
-    path = tmp_path_factory.mktemp("serve-model")
     tokenizer = train_tokenizer(corpus_strings(task_dir))
-    torch.manual_seed(0)
-    config = OpenELMConfig.from_name(
-        "OpenELM-micro", vocab_size=len(tokenizer), max_context_length=CONTEXT
-    )
-    OpenELMForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return write_model_dir(tmp_path_factory.mktemp("serve-model"), tokenizer,
+                           vocab_size=len(tokenizer), max_context_length=CONTEXT)  # fmt: skip
 
 
 @pytest.fixture(scope="session")
