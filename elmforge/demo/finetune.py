@@ -24,6 +24,7 @@ from typing import Any
 from elmforge.data.prompts import llm_adapters_prompt
 from elmforge.errors import ElmforgeError
 from elmforge.evaluate.llm_adapters import answer_options, available_tasks, load_task
+from elmforge.files import atomic_write, atomic_write_json, atomic_write_text
 from elmforge.layout import CONFIG
 
 DEFAULT_MODELS = ("runs/demo/averaged", "runs/demo/run/final")
@@ -87,7 +88,7 @@ def builtin_task(directory: Path) -> Path:
     for split, rows in splits.items():
         path = directory / BUILTIN_TASK / f"{split}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(rows, indent=1), encoding="utf-8")
+        atomic_write_text(path, json.dumps(rows, indent=1))
     return directory
 
 
@@ -154,10 +155,9 @@ def _run_demo(settings: DemoSettings) -> dict[str, Any]:
     rows = train_rows(data_dir, settings.train_rows + settings.train_rows // 4)
     sft_rows, dpo_rows = rows[: settings.train_rows], rows[settings.train_rows :]
     files = {"sft": out / "sft.json", "dpo": out / "dpo.jsonl"}
-    files["sft"].write_text(json.dumps(sft_rows), encoding="utf-8")
-    files["dpo"].write_text(
-        "".join(json.dumps(p) + "\n" for p in preference_pairs(dpo_rows, SEED)), encoding="utf-8"
-    )
+    atomic_write_text(files["sft"], json.dumps(sft_rows))
+    pairs = preference_pairs(dpo_rows, SEED)
+    atomic_write_text(files["dpo"], "".join(json.dumps(p) + "\n" for p in pairs))
     common = ["peft=lora", "lora.dropout=0.05", "train.micro_batch_size=8", "log.log_every=10",
               "checkpoint.save_every=50", f"data.max_length={length}",
               f"data.max_prompt_length={length - 32}", f"train.num_threads={settings.threads}"]  # fmt: skip
@@ -176,8 +176,8 @@ def _run_demo(settings: DemoSettings) -> dict[str, Any]:
     report.update(measure(out, data_dir, tasks, settings.eval_rows, length,
                           {"base": model, "sft": str(sft_final), "dpo": str(dpo_final)}))  # fmt: skip
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
-    (out / "demo.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    (out / "demo.md").write_text(summary_markdown(report), encoding="utf-8")
+    atomic_write_json(out / "demo.json", report)
+    atomic_write_text(out / "demo.md", summary_markdown(report))
     plot_demo(report, out / "demo.png")
     print(summary_markdown(report))
     print(f"[demo] {out / 'demo.md'}, {out / 'demo.png'}; runs: {out / 'sft'}, {out / 'dpo'}")
@@ -271,5 +271,5 @@ def plot_demo(report: dict[str, Any], path: Path) -> None:
     right.set_ylabel("log p(chosen) - log p(rejected), nats")
     right.set_title("held-aside pairs")
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
