@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: demo demo-finetune test lint format venv clean bench
+.PHONY: demo demo-finetune test test-fast lint format venv clean bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ demo-finetune: venv
 
 test: venv
 	$(PY) -m pytest -q
+
+# The quick loop while working (tests marked slow left out); `make test` before committing.
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
 
 lint: venv
 	$(VENV)/bin/ruff check .

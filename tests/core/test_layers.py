@@ -212,3 +212,16 @@ def test_a_planted_bad_import_fails(tmp_path: Path, planted: str, expected: str)
             p.startswith("elmforge.model.masks imports elmforge.serve.app") and expected in p
             for p in problems
         ), problems
+
+
+def test_every_environment_variable_is_documented() -> None:
+    """Each ``ELMFORGE_*`` variable the package reads is in the README's table."""
+    import re
+
+    readme = (PACKAGE.parent / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("### Environment variables") :]
+    used = set()
+    for path in PACKAGE.rglob("*.py"):
+        used |= set(re.findall(r"ELMFORGE_[A-Z0-9_]+", path.read_text(encoding="utf-8")))
+    missing = sorted(name for name in used if f"`{name}`" not in table)
+    assert used and not missing, missing
