@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("engines", ("train", "infer")),
     ("stages", ("evaluate", "finetune", "export", "serve")),
     ("apps", ("study", "bench", "demo")),
-    ("cli", ("cli", "__main__")),
+    ("cli", ("cli",)),
 ]  # fmt: skip
 
 # The one allowed exception, and why: ``import elmforge`` must register OpenELM with transformers'
@@ -89,6 +89,8 @@ def room_of(module: str) -> tuple[int, str] | None:
     if rest == "elmforge":
         return None
     head = rest.split(".")[0]
+    if head == "__main__":  # ``python -m elmforge``: the command itself
+        head = "cli"
     for index, (_, rooms) in enumerate(LAYERS):
         if head in rooms:
             return index, head
