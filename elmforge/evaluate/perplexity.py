@@ -83,7 +83,7 @@ class Progress:
 
 
 @torch.inference_mode()
-def _score_batch(model: Any, windows: list[Window], pad_id: int) -> tuple[float, int]:
+def score_windows(model: Any, windows: list[Window], pad_id: int) -> tuple[float, int]:
     """Summed negative log-likelihood (nats) and count of the scored targets in ``windows``."""
     device = next(model.parameters()).device
     width = max(len(w.input_ids) for w in windows)
@@ -138,7 +138,7 @@ def perplexity(
 
     def flush() -> None:
         nonlocal total_nll, total_tokens
-        nll, count = _score_batch(model, batch, pad_id)
+        nll, count = score_windows(model, batch, pad_id)
         total_nll += nll
         total_tokens += count
         progress.update(count)

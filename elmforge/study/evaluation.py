@@ -158,7 +158,7 @@ def score_documents(
     the sliding windows of :mod:`elmforge.evaluate.perplexity`, whose totals this equals."""
     import torch
 
-    from elmforge.evaluate.perplexity import _score_batch, document_windows
+    from elmforge.evaluate.perplexity import document_windows, score_windows
 
     bos = tokenizer.bos_token_id
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -177,7 +177,7 @@ def score_documents(
                 nll, count = 0.0, 0
                 windows = document_windows(token_ids, context_length, stride)
                 while batch := list(itertools.islice(windows, WINDOWS_PER_BATCH)):
-                    batch_nll, batch_count = _score_batch(model, batch, pad_id)
+                    batch_nll, batch_count = score_windows(model, batch, pad_id)
                     nll += batch_nll
                     count += batch_count
                 scores.nll.append(nll)

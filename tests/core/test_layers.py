@@ -227,3 +227,15 @@ def test_every_environment_variable_is_documented() -> None:
         used |= set(re.findall(r"ELMFORGE_[A-Z0-9_]+", path.read_text(encoding="utf-8")))
     missing = sorted(name for name in used if f"`{name}`" not in table)
     assert used and not missing, missing
+
+
+def test_no_module_imports_another_modules_private_names() -> None:
+    """A leading underscore is private to its module: another module asking for it is reaching
+    into internals (make the name public where it has a second user)."""
+    found = []
+    for name, path in all_modules().items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("elmforge"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                found += [f"{name} imports {node.module}.{p}" for p in private]
+    assert not found, "\n".join(found)
