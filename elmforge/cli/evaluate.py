@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from elmforge.cli.arg_types import comma_list
 from elmforge.cli.options import add_model_flags, load_options
 from elmforge.errors import ElmforgeError
 
@@ -49,7 +50,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the paper's task suite, or llm-adapters (LLM-Adapters' CommonSense test sets as "
         "Apple scored its LoRA/DoRA models; needs --data-dir DIR/<task>/test.json)",
     )
-    what.add_argument("--tasks", help="comma-separated lm-eval task or group names")
+    what.add_argument(
+        "--tasks", type=comma_list(), help="comma-separated lm-eval task or group names"
+    )
     p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task")
     p.add_argument(
         "--limit",
@@ -102,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         return run_llm_adapters(args)
     from elmforge.evaluate.harness import EvalRequest, load_and_evaluate
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    tasks = list(args.tasks) if args.tasks else None
     out = _output_dir(args)
     request = EvalRequest(
         tasks=tasks,
@@ -133,7 +136,13 @@ def evaluate_load_options(args: argparse.Namespace) -> dict:
 
 
 def _output_dir(args: argparse.Namespace) -> Path:
-    return Path(args.out) if args.out else Path("runs/evaluate") / Path(args.model).name
+    """Where the results go, checked before the model loads: never the model, its adapter or a
+    run directory, and an earlier evaluation's output only with --force."""
+    from elmforge.files import claim_output
+
+    out = Path(args.out) if args.out else Path("runs/evaluate") / Path(args.model).name
+    inputs = tuple(p for p in (args.model, args.adapter) if p and Path(p).exists())
+    return claim_output(out, "evaluate", args.force, inputs=inputs)
 
 
 def run_llm_adapters(args: argparse.Namespace) -> int:
@@ -148,10 +157,11 @@ def run_llm_adapters(args: argparse.Namespace) -> int:
             "layout; ../shared/data/commonsense in a checkout)"
         )
     tasks = available_tasks(args.data_dir)  # before the slow model load
-    loaded = load(args.model, **evaluate_load_options(args))
     out = _output_dir(args)
+    loaded = load(args.model, **evaluate_load_options(args))
     evaluate_llm_adapters(loaded.model, loaded.tokenizer, args.data_dir, tasks=tasks,
                           limit=args.limit, batch_size=args.batch_size, out_dir=out,
+                          force=args.force,
                           model_name=model_label(loaded),
                           tokenizer_name=loaded.tokenizer_source)  # fmt: skip
     print((out / "results.md").read_text(encoding="utf-8"))
