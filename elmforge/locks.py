@@ -61,8 +61,11 @@ def hold_directory(directory: str | os.PathLike, verb: str) -> Iterator[Path]:
         yield path
         return
     created = not path.exists()
-    path.mkdir(parents=True, exist_ok=True)
-    descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError as err:  # under a file, on a read-only or pseudo file system
+        raise ElmforgeError(f"{path}: cannot create the directory ({err.strerror})") from None
     try:
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -45,9 +45,9 @@ def test_a_held_directory_is_refused_naming_the_holder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     holder = _holder(run)
     try:
-        with pytest.raises(DirectoryBusyError, match=f"{run}: process {holder.pid} is writing"):
-            with hold_directory(run, "finetune"):
-                pass
+        busy = f"{run}: process {holder.pid} is writing"
+        with pytest.raises(DirectoryBusyError, match=busy), hold_directory(run, "finetune"):
+            pass
     finally:
         _stop(holder)  # SIGKILL: no clean-up ran
     with hold_directory(run, "finetune"):  # the kernel dropped the dead holder's lock
