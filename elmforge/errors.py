@@ -59,3 +59,16 @@ class OptionError(ConfigError):
 
     def __init__(self, option: str, template: str, flag: str | None = None) -> None:
         super().__init__(template, option=option, flag=flag)
+
+
+def invalid_text(text: str) -> str | None:
+    """Why ``text`` cannot be tokenised, or None: a byte of the command line or of standard input
+    that was not UTF-8 reaches Python as a lone surrogate (as does ``"\\ud800"`` in JSON), which
+    tokenizers reject with a traceback."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        code = ord(text[err.start])
+        what = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
+        return f"not valid UTF-8 text ({what} at position {err.start})"
+    return None

@@ -99,6 +99,9 @@ def check_config(config: BenchConfig) -> None:
         raise ElmforgeError(f"--threads must be at least 1, got {config.threads}")
     if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):
         raise ElmforgeError(f"--device: expected cpu or cuda, got {config.device}")
+    from elmforge.runtime import pick_device
+
+    pick_device(config.device)  # a GPU this machine lacks, in the words every verb uses
 
 
 def _model_dir(config: BenchConfig, work: Path, log: Callable[[str], None]) -> tuple[Path, str]:

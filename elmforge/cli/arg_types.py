@@ -4,6 +4,8 @@ traceback later (``islice`` on ``--max-documents -1``, ``[-0:]`` on ``--average-
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import Any
 
 
 def _integer(text: str) -> int:
@@ -27,3 +29,25 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return value
+
+
+def comma_list(kind: Callable[[str], Any] = str) -> Callable[[str], tuple]:
+    """The argparse type of a comma-separated flag (``--batch 1,4,8``, ``--tasks arc_easy,piqa``):
+    a tuple of ``kind(item)``. An empty item (``1,,2``, a trailing comma) is refused rather than
+    skipped: it is a typo, and skipping it silently runs something other than what was asked."""
+
+    def parse(text: str) -> tuple:
+        items = [part.strip() for part in text.split(",")]
+        if "" in items:
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list without empty items, got {text!r}"
+            )
+        try:
+            return tuple(kind(item) for item in items)
+        except ValueError:
+            name = getattr(kind, "__name__", "value")
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of {name} values, got {text!r}"
+            ) from None
+
+    return parse

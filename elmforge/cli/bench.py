@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
 from pathlib import Path
+
+from elmforge.cli.arg_types import comma_list
 
 EPILOG = """examples:
   elmforge bench OpenELM-270M --dtype fp32,bf16,int8 --batch 1,8 --against llama.cpp,mlx-lm
   elmforge bench runs/tiny/final --prompt 64 --generate 32 --threads 2 --out runs/bench/tiny
   elmforge bench OpenELM-270M --device cuda --dtype bf16 --batch 1,4,8
 """
-
-
-def _csv(kind: type) -> Callable[[str], tuple]:
-    def parse(text: str) -> tuple:
-        try:
-            return tuple(kind(part) for part in text.split(",") if part.strip())
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a comma-separated list, got {text!r}"
-            ) from None
-
-    return parse
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,16 +30,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL_OR_PRESET", help="model directory or preset name")
     p.add_argument("--prompt", type=int, default=128, help="prompt tokens per sequence (128)")
     p.add_argument("--generate", type=int, default=64, help="tokens generated per sequence (64)")
-    p.add_argument("--batch", type=_csv(int), default=(1,), help="batch sizes, e.g. 1,4,8 (1)")
     p.add_argument(
-        "--dtype", type=_csv(str), default=("fp32",), help="fp32,bf16,fp16,int8,int4 (fp32)"
+        "--batch", type=comma_list(int), default=(1,), help="batch sizes, e.g. 1,4,8 (1)"
     )
     p.add_argument(
-        "--paths", type=_csv(str), default=("eager", "compiled"),
+        "--dtype", type=comma_list(str), default=("fp32",), help="fp32,bf16,fp16,int8,int4 (fp32)"
+    )
+    p.add_argument(
+        "--paths", type=comma_list(str), default=("eager", "compiled"),
         help="elmforge decode paths: eager,compiled (both)",
     )  # fmt: skip
     p.add_argument(
-        "--against", type=_csv(str), default=(),
+        "--against", type=comma_list(str), default=(),
         help="peers on the same weights: llama.cpp,mlx-lm,naive,uniform (none)",
     )  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads for every engine (all CPUs)")

@@ -16,6 +16,7 @@ from elmforge.cli.options import (
     load_generator_from_args,
     sampling_options,
 )
+from elmforge.errors import ElmforgeError, invalid_text
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,10 +44,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _terminal_lines() -> Iterator[str]:
     while True:
         try:
-            yield input("> ")
+            line = input("> ")
         except EOFError:
             print()
             return
+        problem = invalid_text(line)
+        if problem:  # a terminal not in UTF-8: say so and let the user type again
+            notice(f"that line is {problem}; type it again")
+            continue
+        yield line
+
+
+def _piped_lines() -> Iterator[str]:
+    """Standard input's lines, read as bytes and decoded here: a line that is not UTF-8 is a
+    one-line error naming it (Python's own decoding would raise, or pass lone surrogates on to
+    the tokenizer, depending on the locale)."""
+    for number, data in enumerate(sys.stdin.buffer, start=1):
+        try:
+            yield data.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ElmforgeError(
+                f"standard input line {number}: not UTF-8 text "
+                f"(byte {data[err.start]:#04x} at position {err.start})"
+            ) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
         loaded.model,
         loaded.tokenizer,
         options,
-        _terminal_lines() if interactive else sys.stdin,
+        _terminal_lines() if interactive else _piped_lines(),
         write=write_now,
         report=notice,
         system=args.system,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from elmforge.cli.arg_types import comma_list
 from elmforge.cli.options import add_model_flags, load_options
 
 EPILOG = """examples:
@@ -44,7 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="the paper's task suite, or llm-adapters (LLM-Adapters' CommonSense test sets as "
         "Apple scored its LoRA/DoRA models; needs --data-dir DIR/<task>/test.json)",
     )
-    what.add_argument("--tasks", help="comma-separated lm-eval task or group names")
+    what.add_argument(
+        "--tasks", type=comma_list(), help="comma-separated lm-eval task or group names"
+    )
     p.add_argument("--num-fewshot", type=int, help="few-shot examples for every task")
     p.add_argument(
         "--limit",
@@ -84,7 +87,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from elmforge.evaluate.command import evaluate_command
 
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    tasks = list(args.tasks) if args.tasks else None
     out = evaluate_command(
         args.model,
         compare=args.compare,

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from elmforge.errors import ElmforgeError
+from elmforge.errors import ElmforgeError, invalid_text
 from elmforge.runtime import DTYPE_CHOICES
 
 
@@ -106,8 +106,10 @@ def add_sampling_flags(p: argparse.ArgumentParser, max_new_tokens: int = 64) -> 
 def sampling_options(args: argparse.Namespace, draft_model: Any = None) -> Any:
     """The checked :class:`~elmforge.infer.generate.SamplingOptions` the sampling (and
     speculative) flags describe."""
-    from elmforge.infer.generate import SamplingOptions
+    from elmforge.infer.generate import SamplingOptions, check_speculative
 
+    # Before the model loads (the draft model is still a path here).
+    check_speculative(getattr(args, "prompt_lookup", None), getattr(args, "draft_model", None))
     return SamplingOptions(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -121,18 +123,6 @@ def sampling_options(args: argparse.Namespace, draft_model: Any = None) -> Any:
         prompt_lookup=getattr(args, "prompt_lookup", None),
         draft_model=draft_model,
     ).check()
-
-
-def invalid_text(text: str) -> str | None:
-    """Why ``text`` cannot be tokenised, or None: a byte of the command line that was not UTF-8
-    reaches Python as a lone surrogate, which tokenizers reject with a traceback."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        code = ord(text[err.start])
-        what = f"byte {code - 0xDC00:#04x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}"
-        return f"not valid UTF-8 text ({what} at position {err.start})"
-    return None
 
 
 STDIN_RULE = (

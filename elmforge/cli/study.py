@@ -14,6 +14,7 @@ import argparse
 import shlex
 import sys
 
+from elmforge.cli.arg_types import comma_list
 from elmforge.config import add_config_flags, add_override_alias, overrides_of
 from elmforge.study.config import LwsStudyConfig
 
@@ -73,7 +74,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         sub.add_argument("--eval-documents", type=int, default=EVAL_DOCUMENTS, metavar="N",
                          help=f"held-out documents scored ({EVAL_DOCUMENTS})")  # fmt: skip
         sub.add_argument("--data-dir", metavar="DIR", help="also score zero-shot tasks from DIR")
-        sub.add_argument("--tasks", metavar="A,B", help="tasks with --data-dir (zero-shot suite)")
+        sub.add_argument(
+            "--tasks",
+            metavar="A,B",
+            type=comma_list(),
+            help="tasks with --data-dir (zero-shot suite)",
+        )
         sub.add_argument("--limit", type=int, metavar="N", help="examples per task (all)")
         sub.add_argument("--allow-split-fallback", action="store_true",
                          help="a task whose evaluation split has no local file uses lm-eval's "
@@ -97,9 +103,8 @@ def run_lws(args: argparse.Namespace) -> int:
 def _study_options(args: argparse.Namespace):
     from elmforge.study.common import StudyOptions
 
-    tasks = tuple(t.strip() for t in args.tasks.split(",") if t.strip()) if args.tasks else None
     return StudyOptions(
-        documents=args.eval_documents, data_dir=args.data_dir, tasks=tasks or None,
+        documents=args.eval_documents, data_dir=args.data_dir, tasks=args.tasks,
         limit=args.limit, allow_split_fallback=args.allow_split_fallback, out_dir=args.out,
         force=args.force, command=_command(),
     )  # fmt: skip

@@ -404,7 +404,7 @@ def decode_row(shard: Shard, row: int, payload: Any) -> str | BadRow:
                 record = json.loads(payload)
             except UnicodeDecodeError:
                 return BadRow(shard, row, "not UTF-8")
-            except ValueError as err:
+            except (ValueError, RecursionError) as err:
                 return BadRow(shard, row, f"invalid JSON ({err})")
             if not isinstance(record, dict):
                 return BadRow(shard, row, "not a JSON object")

@@ -219,7 +219,7 @@ def measure(
     for label, directory in models.items():
         loaded = load(directory, device="cpu", dtype="fp32")
         report = evaluate_llm_adapters(loaded.model, loaded.tokenizer, data_dir, tasks=tasks,
-                                       limit=eval_rows, out_dir=out / f"eval-{label}",
+                                       limit=eval_rows, out_dir=out / f"eval-{label}", force=True,
                                        model_name=f"{label}: {directory}", progress=False)  # fmt: skip
         accuracy[label] = {t: r["acc"] for t, r in report["results"].items()}
         pairs, _ = encode_preferences(held, loaded.tokenizer, length, length - 32)

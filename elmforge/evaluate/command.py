@@ -49,9 +49,9 @@ def evaluate_command(
         raise ElmforgeError("give a MODEL directory or hub name (or --compare A B)")
     if not (suite or tasks or perplexity_data):
         raise ElmforgeError("nothing to evaluate: give --suite, --tasks or --perplexity")
-    out_dir = Path(out) if out else default_out_dir(model)
+    out_dir = _claim_out_dir(model, out, force, load_options or {})
     if suite == LLM_ADAPTERS:
-        return _llm_adapters(model, out_dir, load_options or {}, **request_fields)
+        return _llm_adapters(model, out_dir, force, load_options or {}, **request_fields)
     from elmforge.evaluate.harness import load_and_evaluate
     from elmforge.evaluate.request import EvalRequest
 
@@ -67,9 +67,23 @@ def evaluate_command(
     return out_dir
 
 
+def _claim_out_dir(
+    model: str, out: str | os.PathLike | None, force: bool, load_options: dict[str, Any]
+) -> Path:
+    """Where the results go, checked before the model loads: never the model, its adapter or a
+    run directory, and an earlier evaluation's output only with ``force``."""
+    from elmforge.files import claim_output
+
+    target = Path(out) if out else default_out_dir(model)
+    sources = (model, load_options.get("adapter"))
+    inputs = tuple(p for p in sources if p and Path(p).exists())
+    return claim_output(target, "evaluate", force, inputs=inputs)
+
+
 def _llm_adapters(
     model: str,
     out_dir: Path,
+    force: bool,
     load_options: dict[str, Any],
     *,
     data_dir: str | None = None,
@@ -90,7 +104,7 @@ def _llm_adapters(
     task_names = available_tasks(data_dir)  # before the slow model load
     loaded = load(model, **load_options)
     evaluate_llm_adapters(loaded.model, loaded.tokenizer, data_dir, tasks=task_names,
-                          limit=limit, batch_size=batch_size, out_dir=out_dir,
+                          limit=limit, batch_size=batch_size, out_dir=out_dir, force=force,
                           model_name=model_label(loaded),
                           tokenizer_name=loaded.tokenizer_source)  # fmt: skip
     return out_dir

@@ -26,6 +26,7 @@ from typing import Any
 
 from elmforge.data.prompts import llm_adapters_prompt
 from elmforge.errors import DataError, ElmforgeError
+from elmforge.files import atomic_directory, claim_output
 
 SUITE = "llm-adapters"
 TASKS = (
@@ -64,7 +65,7 @@ def load_task(data_dir: Path, task: str, limit: int | None = None) -> list[dict[
         rows = json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise DataError(f"{path}: invalid JSON ({err})") from None
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{path}: expected a non-empty JSON array of rows")
@@ -147,11 +148,14 @@ def evaluate_llm_adapters(
     limit: int | None = None,
     batch_size: int = 1,
     out_dir: str | Path | None = None,
+    force: bool = False,
     model_name: str | None = None,
     tokenizer_name: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Score ``model`` on the suite; returns (and with ``out_dir`` writes) an evaluate report."""
+    """Score ``model`` on the suite; returns (and with ``out_dir`` writes) an evaluate report.
+    ``out_dir`` is claimed as every evaluation's (:func:`elmforge.files.claim_output`): never a
+    run directory, an earlier evaluation's output only with ``force``; written atomically."""
     import datetime as dt
 
     from elmforge.environment import versions
@@ -160,6 +164,8 @@ def evaluate_llm_adapters(
 
     if limit is not None and limit < 1:
         raise ElmforgeError(f"--limit {limit}: must be >= 1")
+    if out_dir is not None:
+        claim_output(out_dir, "evaluate", force)
     tasks = tasks or available_tasks(data_dir)
     was_training = model.training
     model.eval()
@@ -183,5 +189,6 @@ def evaluate_llm_adapters(
         "results": results,
     }
     if out_dir is not None:
-        write_results(report, Path(out_dir))
+        with atomic_directory(out_dir, verb="evaluate") as tmp:
+            write_results(report, tmp)
     return report

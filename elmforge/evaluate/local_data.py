@@ -142,9 +142,9 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                     continue
                 try:
                     row = json.loads(line)
-                except json.JSONDecodeError as err:
+                except (ValueError, RecursionError) as err:  # nested thousands deep: Recursion
                     raise DataError(
-                        f"{path}: line {line_number} is not valid JSON ({err.msg})"
+                        f"{path}: line {line_number} is not valid JSON ({getattr(err, 'msg', err)})"
                     ) from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}: line {line_number} is not a JSON object")

@@ -10,8 +10,10 @@ resume training is there too: inference, evaluation and export apply adapters th
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -82,3 +84,14 @@ def save_adapter(peft_model: Any, directory: str | os.PathLike, base_model: str)
     with quiet_peft():
         # The embedding adapter is saved as lora_embedding_A/B; never the whole base embedding.
         peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+    _sort_target_modules(Path(directory))
+
+
+def _sort_target_modules(directory: Path) -> None:
+    """PEFT keeps ``target_modules`` as a set and writes it in hash order, which changes from
+    process to process: sorted, a re-run writes the same bytes."""
+    for config_path in directory.rglob("adapter_config.json"):
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")

@@ -21,6 +21,7 @@ weight, so the DoRA factor is 1). Alpha is not stored in the file: Apple's recip
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -28,7 +29,7 @@ from typing import Any
 
 import torch
 
-from elmforge.errors import CheckpointError
+from elmforge.errors import CheckpointError, OptionError
 from elmforge.finetune import adapters
 
 BASE_EMBEDDING = "token_embeddings.base_layer.weight"
@@ -175,6 +176,10 @@ def convert_corenet_peft(
     from elmforge.modeldir.adapters import merge_adapter
     from elmforge.modeldir.save import write_model_dir
 
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < math.inf:
+        # NaN would be written into adapter_config.json (not JSON) and merged into every weight.
+        raise OptionError("alpha", f"{{option}} {alpha}: must be a positive finite number",
+                          flag="--lora-alpha")  # fmt: skip
     out = claim_output(out_dir, "convert", force, inputs=(checkpoint,))
     if merge and tokenizer is None:
         raise CheckpointError(

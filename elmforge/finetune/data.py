@@ -103,7 +103,7 @@ def _json_objects(path: Path) -> Iterator[tuple[int, Any]]:
     if path.suffix == ".json" and text.lstrip().startswith("["):
         try:
             array = json.loads(text)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:  # nested thousands deep: RecursionError
             raise DataError(f"{path}: invalid JSON ({err})") from None
         yield from enumerate(array, start=1)
         return
@@ -112,7 +112,7 @@ def _json_objects(path: Path) -> Iterator[tuple[int, Any]]:
             continue
         try:
             yield number, json.loads(line)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise DataError(f"{path} row {number}: invalid JSON ({err})") from None
 
 

@@ -38,6 +38,7 @@ from elmforge.finetune.config import FinetuneConfig
 from elmforge.finetune.steps import Stepper
 from elmforge.finetune.tokenize import pad_id_of
 from elmforge.layout import ADAPTER_WEIGHTS, CHECKPOINT_MODEL, WEIGHTS, RunDir, is_run_dir
+from elmforge.locks import hold_directory
 from elmforge.modeldir.adapters import merge_adapter
 from elmforge.modeldir.save import save_model_dir, write_model_dir
 from elmforge.train import checkpoint as ckpt
@@ -219,7 +220,8 @@ def finetune(job: FinetuneJob, config: FinetuneConfig, out_dir: str | Path) -> P
     rows, what = read_data(job, config)
     if config.train.num_threads:
         torch.set_num_threads(config.train.num_threads)
-    return _Run(job, config, out_dir, resuming, rows, what).run()
+    with hold_directory(out_dir, VERB):  # one writer per run directory (elmforge.locks)
+        return _Run(job, config, out_dir, resuming, rows, what).run()
 
 
 class _Run:
@@ -291,9 +293,12 @@ class _Run:
         return str(self.model_dir.resolve()) if self.model_dir is not None else self.job.model
 
     def _resume(self, info: Any) -> dict[str, Any] | None:
-        path = ckpt.find_resume_checkpoint(self.run_dir.root, info)
-        if path is None:
+        # A checkpoint whose states fail to load (one refused as unsafe) is skipped like a
+        # corrupt one; none usable is an error rather than a fresh start over the run.
+        found = ckpt.load_resume_checkpoint(self.run_dir.root, info, ckpt.load_training_state)
+        if found is None:
             return None
+        path, state = found
         from safetensors.torch import load_file
 
         model_dir = path / CHECKPOINT_MODEL
@@ -306,11 +311,8 @@ class _Run:
                 from elmforge.train.distributed import load_full_state
 
                 load_full_state(self.model, None, load_file(model_dir / WEIGHTS), None)
-            self.optimizer.load_state_dict(
-                torch.load(path / ckpt.OPTIMIZER_STATE, weights_only=True)
-            )
-            rng = torch.load(path / ckpt.RNG_STATE, weights_only=True)
-            trainer = json.loads((path / ckpt.TRAINER_STATE).read_text(encoding="utf-8"))
+            self.optimizer.load_state_dict(state["optimizer"])
+            rng, trainer = state["rng"], state["trainer"]
         except (OSError, RuntimeError, ValueError, KeyError) as err:
             raise ElmforgeError(f"{path}: cannot resume from this checkpoint ({err})") from None
         ckpt.restore_rng_state(rng[0])

@@ -45,6 +45,16 @@ class ContextOverflowError(ElmforgeError):
 MAX_TEMPERATURE = 2.0  # OpenAI's upper bound; higher is noise for any model
 
 
+def check_speculative(prompt_lookup: int | None, draft_model: Any) -> None:
+    """Prompt lookup and a draft model are two ways of proposing tokens, and one generation uses
+    one: both given is refused rather than one silently dropped."""
+    if prompt_lookup and draft_model is not None:
+        raise OptionError(
+            "prompt_lookup",
+            "{option} and a draft model are two kinds of speculative decoding; give one",
+        )
+
+
 @dataclass
 class SamplingOptions:
     """How to pick tokens. ``temperature == 0`` or ``greedy`` means greedy decoding."""
@@ -113,6 +123,9 @@ class SamplingOptions:
             fail("prompt_lookup", "must be >= 1")
         if any(not isinstance(s, str) for s in self.stop):
             fail("stop", "must be strings")
+        if "" in self.stop:  # an empty stop would end every output at its first token
+            raise OptionError("stop", '{option} "": a stop string must not be empty')
+        check_speculative(self.prompt_lookup, self.draft_model)
         return self
 
     def generate_kwargs(self) -> dict[str, Any]:

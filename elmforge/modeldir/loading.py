@@ -77,10 +77,13 @@ def _is_openelm_dir(model_dir: Path) -> bool:
 def local_model_dir(path_or_name: str | os.PathLike) -> Path | None:
     """The model directory ``path_or_name`` names (:func:`elmforge.layout.resolve_model_dir`:
     a run's ``final/``, a checkpoint's ``model/``), None for a hub name ("name" or "org/name"
-    that is not a local path)."""
+    that is not a local path, in the hub cache or, online, on the hub: checked at once, see
+    :mod:`elmforge.modeldir.hub`)."""
+    from elmforge.modeldir.hub import check_hub_model, looks_like_a_path
+
     spec = str(path_or_name)
-    looks_local = spec.startswith((".", "/", "~")) or spec.count("/") > 1
-    if not Path(spec).expanduser().exists() and not looks_local:
+    if not Path(spec).expanduser().exists() and not looks_like_a_path(spec):
+        check_hub_model(spec)
         return None
     return resolve_model_dir(spec)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
@@ -23,8 +22,10 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sse_starlette import EventSourceResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from elmforge.errors import ElmforgeError
+from elmforge.serve.guards import client_gone, refuse_invalid_text
 from elmforge.serve.protocol import APIError, Plan, ServeContext, parse_chat, parse_completion
 from elmforge.serve.responses import ChatFormat, CompletionFormat, ResponseFormat
 from elmforge.serve.scheduler import Job, QueueFullError, Scheduler
@@ -54,17 +55,14 @@ class GuardMiddleware:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = self.settings.max_request_bytes
-        if self.settings.api_key and scope["path"].startswith("/v1/"):
-            expected = f"Bearer {self.settings.api_key}"
-            if not hmac.compare_digest(
-                headers.get("authorization", "").encode(), expected.encode()
-            ):
-                error = APIError(
-                    401,
-                    "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
-                    code="invalid_api_key",
-                )
-                return await error_response(error)(scope, receive, send)
+        authorized = self.settings.authorizes(headers.get("authorization"))
+        if scope["path"].startswith("/v1/") and not authorized:
+            error = APIError(
+                401,
+                "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                code="invalid_api_key",
+            )
+            return await error_response(error)(scope, receive, send)
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             return await error_response(too_large(limit))(scope, receive, send)
@@ -91,12 +89,16 @@ async def read_json(request: Request, limit: int) -> Any:
         raw = await request.body()
     except BodyTooLarge:
         raise too_large(limit) from None
+    except ClientDisconnect:  # fewer bytes than its Content-Length, then gone: nobody to answer
+        raise client_gone(request) from None
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, RecursionError) as err:
         raise APIError(
             400, f"the request body is not valid JSON: {err}", code="invalid_json"
         ) from None
+    refuse_invalid_text(body)
+    return body
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -137,7 +139,9 @@ def build_app(
         return error_response(APIError(400, f"invalid request: {error.errors()[0]['msg']}"))
 
     @app.get("/health")
-    async def health() -> dict[str, Any]:
+    async def health(request: Request) -> dict[str, Any]:
+        if not settings.authorizes(request.headers.get("authorization")):
+            return {"status": "ok"}  # open to all, so it tells a stranger only that it is up
         return {"status": "ok", "model": settings.model_name, **scheduler.stats()}
 
     @app.get("/")

@@ -78,6 +78,11 @@ def serve(
     ):
         if value is not None and value < least:
             raise OptionError(option, f"{{option}} {value}: must be at least {least}")
+    if not 0 <= port <= 65535:
+        raise OptionError("port", f"{{option}} {port}: must be between 0 and 65535")
+    from elmforge.infer.generate import check_speculative
+
+    check_speculative(prompt_lookup, draft_model)
     from elmforge.modeldir.loading import find_tokenizer
 
     # What can fail fast does, before the slow imports and the model load.
@@ -100,6 +105,11 @@ def serve(
     )
     tok = loaded.tokenizer
     context = context_length_of(loaded.model)
+    if max_tokens_limit is not None and max_tokens_limit > context:
+        raise OptionError(
+            "max_tokens_limit",
+            f"{{option}} {max_tokens_limit}: larger than the model's context ({context} tokens)",
+        )
     name = served_name or model
     names = tuple(dict.fromkeys([name, model, str(Path(model).expanduser().resolve())]))
     serve_context = ServeContext(

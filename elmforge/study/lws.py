@@ -20,18 +20,18 @@ over).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_write_json, output_verb
 from elmforge.layout import WEIGHTS, RunDir
+from elmforge.locks import hold_directory
 from elmforge.model.uniform import check_layer_wise, match_uniform
 from elmforge.progress import Report, say
 from elmforge.study.config import LwsStudyConfig
@@ -48,7 +48,6 @@ from elmforge.train.config import RunConfig
 VERB = "study lws"
 PLAN_FILE = "study.json"
 PLAN_FORMAT = "elmforge-study-lws-1"
-LOCK_FILE = ".lock"
 ARMS = ("lws", "uniform")
 
 
@@ -151,6 +150,8 @@ def read_plan(path: Path) -> dict[str, Any] | None:
 # -- output directory -------------------------------------------------------------------------------
 def _prepare_directory(out_dir: Path, force: bool) -> bool:
     """Make ``out_dir`` ours; True when it was created now (removed again if planning fails)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ElmforgeError(f"{out_dir}: exists and is not a directory")
     from elmforge.study.common import claim_study_dir
 
     resuming = output_verb(out_dir) == VERB and not force
@@ -203,26 +204,8 @@ def run_lws_study(
                      study.allow_split_fallback)
     )  # fmt: skip
     created = _prepare_directory(out_dir, force)
-    with _exclusive(out_dir):
+    with hold_directory(out_dir, "study lws"):  # two studies would corrupt each other's runs
         return _run_study(config, out_dir, created, report, command)
-
-
-@contextlib.contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
-    """Hold the study directory's lock: two studies writing the same runs would corrupt them."""
-    import fcntl
-
-    with open(out_dir / LOCK_FILE, "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ElmforgeError(
-                f"{out_dir}: another elmforge study is running in this directory"
-            ) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _run_study(

@@ -138,17 +138,21 @@ def find_resume_checkpoint(
 
 
 def load_resume_checkpoint(
-    run_dir: Path, report: Callable[[str], None] = print
+    run_dir: Path,
+    report: Callable[[str], None] = print,
+    load: Callable[[Path], dict[str, Any]] | None = None,
 ) -> tuple[Path, dict[str, Any]] | None:
-    """(path, state) of the newest checkpoint that verifies and loads (an optimizer state refused
-    as unsafe counts as unusable: the previous checkpoint is tried); None for a run without
-    checkpoints. A run whose checkpoints are all unusable is an error: starting again from step 0
-    would write over its metrics and checkpoints."""
+    """(path, state) of the newest checkpoint that verifies and loads (``load``, default
+    :func:`load_checkpoint`; an optimizer or RNG state refused as unsafe counts as unusable: the
+    previous checkpoint is tried); None for a run without checkpoints. A run whose checkpoints
+    are all unusable is an error: starting again from step 0 would write over its metrics and
+    checkpoints."""
     loaded: dict[Path, dict[str, Any]] = {}
+    read = load or load_checkpoint
 
     def verify_and_load(path: Path) -> None:
         verify_checkpoint(path)
-        loaded[path] = load_checkpoint(path)
+        loaded[path] = read(path)
 
     path = find_resume_checkpoint(run_dir, report, verify_and_load)
     if path is not None:
@@ -257,28 +261,40 @@ def load_checkpoint(directory: Path) -> dict[str, Any]:
     """``{"model", "optimizer", "rng", "trainer"}`` of a verified checkpoint directory; a file
     that cannot be read, or holds more than tensors and plain containers (refused by
     ``weights_only``: never unpickled), is a CheckpointError naming it."""
-    import pickle
-
     from safetensors.torch import load_file
 
     directory = Path(directory)
-    readers: dict[str, tuple[Path, Callable[[Path], Any]]] = {
-        "model": (directory / CHECKPOINT_MODEL / WEIGHTS, load_file),
-        "optimizer": (directory / OPTIMIZER_STATE, _load_tensors),
-        "rng": (directory / RNG_STATE, _load_tensors),
-        "trainer": (directory / TRAINER_STATE, lambda p: json.loads(p.read_text("utf-8"))),
+    return {
+        "model": _read_state(directory / CHECKPOINT_MODEL / WEIGHTS, load_file),
+        **load_training_state(directory),
     }
-    state = {}
-    for key, (path, read) in readers.items():
-        try:
-            state[key] = read(path)
-        except pickle.UnpicklingError:
-            raise CheckpointError(
-                f"{path}: refused as unsafe (it holds objects other than tensors; never unpickled)"
-            ) from None
-        except Exception as err:  # OSError, a truncated zip, bad JSON...
-            raise CheckpointError(f"{path}: cannot load ({first_line(err)})") from None
-    return state
+
+
+def load_training_state(directory: Path) -> dict[str, Any]:
+    """``{"optimizer", "rng", "trainer"}`` of a checkpoint directory (its weights are read by
+    whoever knows their layout: a full model or an adapter), with :func:`load_checkpoint`'s
+    errors."""
+    directory = Path(directory)
+    return {
+        "optimizer": _read_state(directory / OPTIMIZER_STATE, _load_tensors),
+        "rng": _read_state(directory / RNG_STATE, _load_tensors),
+        "trainer": _read_state(
+            directory / TRAINER_STATE, lambda p: json.loads(p.read_text("utf-8"))
+        ),
+    }
+
+
+def _read_state(path: Path, read: Callable[[Path], Any]) -> Any:
+    import pickle
+
+    try:
+        return read(path)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: refused as unsafe (it holds objects other than tensors; never unpickled)"
+        ) from None
+    except Exception as err:  # OSError, a truncated zip, bad JSON...
+        raise CheckpointError(f"{path}: cannot load ({first_line(err)})") from None
 
 
 def _load_tensors(path: Path) -> Any:

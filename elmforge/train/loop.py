@@ -41,6 +41,7 @@ from elmforge.data.tokenizer_choice import resolve_tokenizer
 from elmforge.errors import CheckpointError, ConfigError, ElmforgeError
 from elmforge.files import atomic_directory, atomic_write_text, claim_work_directory, disk_error
 from elmforge.layout import RESERVED_NAMES, RunDir, is_run_dir
+from elmforge.locks import hold_directory
 from elmforge.train import distributed as dist_utils
 from elmforge.train.checkpoint import (
     apply_retention,
@@ -161,24 +162,31 @@ def pretrain(
     resumption is refused unless ``force_resume``.
     """
     out_dir = Path(out_dir)
-    run = RunDir(out_dir)
     if not is_run_dir(out_dir):
         claim_work_directory(out_dir, RESERVED_NAMES, "a run directory")
+    # One writer per run directory (a second process on the same --out refuses at once); a
+    # directory made for the lock goes again if the run fails before writing anything.
+    with hold_directory(out_dir, "pretrain"):
+        return _pretrain_held(config, out_dir, loader_factory, tokenizer, force_resume)
+
+
+def _pretrain_held(
+    config: RunConfig,
+    out_dir: Path,
+    loader_factory: Callable[[str], Any] | None,
+    tokenizer: Any,
+    force_resume: bool,
+) -> Path:
     forced = {}
     checkpoints = list_checkpoints(out_dir)
     if checkpoints:
         worlds = (checkpoint_world_size(checkpoints[-1]), dist_utils.launcher_world_size())
         forced = check_resume_config(
-            run.config, config.to_dict(), force_resume, _main_print(), worlds
+            RunDir(out_dir).config, config.to_dict(), force_resume, _main_print(), worlds
         )
-    existed = out_dir.exists()
     env = dist_utils.init_distributed(config.train.device)
     try:
         return _Trainer(config, out_dir, env, loader_factory, tokenizer, bool(forced)).run()
-    except BaseException:
-        if not existed and env.is_main and out_dir.is_dir() and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # a run that failed before writing anything leaves nothing behind
-        raise
     finally:
         dist_utils.shutdown_distributed()
 

@@ -47,7 +47,12 @@ CASES = [
     (["--device", "tpu"], ["--device", "tpu"]),
     (["--roofline-mib", "1"], ["--roofline-mib"]),
     (["--prompt", "100", "--generate", "64"], ["exceeds the model's context", "128"]),
+    (["--batch", "1,,2"], ["--batch", "empty items"]),  # once silently skipped
+    (["--batch", "1,"], ["--batch", "empty items"]),
+    (["--dtype", "fp32,"], ["--dtype", "empty items"]),
 ]
+if not torch.cuda.is_available():  # a CPU-only torch says it in the project's words
+    CASES.append((["--device", "cuda"], ["--device cuda", "CUDA is not available"]))
 
 
 @pytest.mark.parametrize(("extra", "mentions"), CASES, ids=[" ".join(c[0]) for c in CASES])

@@ -89,6 +89,16 @@ CASES = [
      400, "max_completion_tokens", "disagree"),
     ("max_completion_tokens negative", CHAT, {"messages": USER, "max_completion_tokens": -1}, 400,
      "max_completion_tokens", "at least 1"),
+    # JSON may spell a lone surrogate, which no tokenizer encodes (once a 500 and a traceback).
+    ("prompt lone surrogate", C, b'{"prompt": "\\ud800 x"}', 400, "prompt", "not valid UTF-8"),
+    ("prompt list lone surrogate", C, b'{"prompt": ["ok", "\\udfff"]}', 400, "prompt",
+     "not valid UTF-8"),
+    ("message lone surrogate", CHAT, b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+     400, "messages", "not valid UTF-8"),
+    ("stop lone surrogate", C, b'{"prompt": "a", "stop": ["\\ud83d"]}', 400, "stop",
+     "not valid UTF-8"),
+    ("deep nesting", C, b'{"prompt": ' + b"[" * 100000 + b"]" * 100000 + b"}", 400, None,
+     "not valid JSON"),
 ]  # fmt: skip
 
 
@@ -195,6 +205,47 @@ def test_api_key_full_queue_and_speculative_decoding(model_dir, tmp_path, server
         assert speculative.usage == plain.usage
         with pytest.raises(openai.BadRequestError, match="speculatively"):
             client.completions.create(**greedy, logprobs=1)
+
+
+def test_a_body_shorter_than_its_content_length_is_one_log_line(server, model_dir):
+    """A client announces 1000 bytes, sends 10 and closes: the server logs one line (no
+    traceback) and goes on serving."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(server.url)
+    before = server.stderr()
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+                     b'{"prompt":')  # fmt: skip
+    deadline = time.monotonic() + 30
+    while "closed the connection before sending its body" not in server.stderr():
+        assert time.monotonic() < deadline, server.stderr()[len(before) :]
+        time.sleep(0.05)
+    new = server.stderr()[len(before) :]
+    assert "Traceback" not in new and "ClientDisconnect" not in new, new
+    assert len([line for line in new.splitlines() if "closed the connection" in line]) == 1
+    good = httpx.post(f"{server.api}/completions", json={"prompt": "the", "max_tokens": 1},
+                      timeout=300)  # fmt: skip
+    assert good.status_code == 200
+
+
+def test_api_key_scheme_case_and_what_health_tells_a_stranger(model_dir, tmp_path):
+    with running_server(model_dir, "--api-key", "sesame", log_dir=tmp_path) as guarded:
+        for scheme in ("Bearer", "bearer", "BEARER"):  # the scheme name is case-insensitive
+            headers = {"Authorization": f"{scheme} sesame"}
+            assert httpx.get(f"{guarded.api}/models", headers=headers).status_code == 200
+        assert_openai_error(
+            httpx.get(f"{guarded.api}/models", headers={"Authorization": "Basic sesame"}), 401,
+            words="API key",
+        )  # fmt: skip
+        # /health stays open, but tells a caller without the key only that the server is up.
+        assert httpx.get(f"{guarded.url}/health").json() == {"status": "ok"}
+        wrong = {"Authorization": "Bearer wrong"}
+        assert httpx.get(f"{guarded.url}/health", headers=wrong).json() == {"status": "ok"}
+        full = httpx.get(f"{guarded.url}/health", headers={"Authorization": "bearer sesame"})
+        assert full.json()["model"] == str(model_dir) and "waiting" in full.json()
 
 
 def test_binding_beyond_loopback_warns():
