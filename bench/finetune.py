@@ -2,8 +2,8 @@
 
 OpenELM-270M shape (random weights, LLaMA-2's 32000-token vocabulary), sequences of 256 tokens.
 Each case runs in its own process (peak RSS is a per-process high-water mark) and times the
-optimizer step the fine-tuning loop takes (``elmforge.finetune.steps.Stepper``: forward, loss,
-backward, clipping, AdamW) after one untimed warm-up step; the adapters are CoreNet's recipe
+optimizer step the training engine takes for a fine-tuning task (``elmforge.finetune.tasks`` on
+``elmforge.train.engine.Engine.gradients``: forward, loss, backward, clipping; then AdamW) after one untimed warm-up step; the adapters are CoreNet's recipe
 (rank 32, alpha 32, dropout 0.1 on the embedding and the four projections). An SFT step takes
 ``--rows`` sequences, a DPO step as many pairs (twice the policy tokens, plus the reference's
 forward pass). Memory: the process's peak RSS, and the same minus the RSS after the imports (the
@@ -52,11 +52,13 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
 
     from elmforge.finetune import adapters
     from elmforge.finetune.config import FinetuneConfig
-    from elmforge.finetune.steps import Stepper
+    from elmforge.finetune.tasks import DPOTask, SFTTask, make_batch
     from elmforge.finetune.tokenize import TokenRow
     from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
-    from elmforge.train.optim import build_optimizer
+    from elmforge.train.distributed import DistEnv
+    from elmforge.train.engine import Engine
+    from elmforge.train.optim import WarmupCosineSchedule
 
     imports_rss = _rss_mib()
     device = torch.device(args.device)
@@ -75,8 +77,22 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
-    optimizer = build_optimizer(model, config.optim, config.optim.lr)
-    stepper = Stepper(objective, model, optimizer, config, device, precision, 0, reference)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    common = dict(write_final=None, describe=None)
+    if objective == "sft":
+        task = SFTTask(model, env, precision, peft != "none", **common)
+    else:
+        task = DPOTask(model, env, precision, peft != "none", beta=0.1, loss="sigmoid",
+                       reference=reference, **common)  # fmt: skip
+    schedule = WarmupCosineSchedule(config.optim.lr, 0.0, 0, 1000, 0.0)
+    engine = Engine(config, Path("."), env, task, None, schedule, 1, "")
+
+    def step(batch: dict) -> int:
+        _, _, tokens = engine.gradients([batch])
+        engine.optimizer.step()
+        engine.optimizer.zero_grad(set_to_none=True)
+        return tokens
+
     vocab, prompt = model.config.vocab_size, args.seq_len // 4
 
     def row(seed: int) -> TokenRow:
@@ -85,19 +101,19 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
         return TokenRow(ids, [False] * prompt + [True] * (args.seq_len + 1 - prompt))
 
     if objective == "sft":
-        batch = [[row(i) for i in range(args.rows)]]
+        batch = make_batch([row(i) for i in range(args.rows)], 0)
     else:
-        batch = [[(row(2 * i), row(2 * i + 1)) for i in range(args.rows)]]
+        batch = make_batch([(row(2 * i), row(2 * i + 1)) for i in range(args.rows)], 0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _rss_mib()
-    stepper.step(batch)  # warm-up (allocates AdamW's state)
+    step(batch)  # warm-up (allocates AdamW's state)
     times = []
     for _ in range(args.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        _, tokens = stepper.step(batch)
+        tokens = step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)

@@ -82,3 +82,23 @@ def save_adapter(peft_model: Any, directory: str | os.PathLike, base_model: str)
     with quiet_peft():
         # The embedding adapter is saved as lora_embedding_A/B; never the whole base embedding.
         peft_model.save_pretrained(str(directory), save_embedding_layers=False)
+
+
+def write_adapter(peft_model: Any, state: dict[str, Any], directory: str | os.PathLike) -> None:
+    """An adapter in PEFT's format from its tensors under PEFT's saved names (gathered from a
+    possibly sharded model: ``elmforge.finetune.tasks``), as ``save_pretrained`` writes it:
+    ``adapter_config.json`` (inference mode) and ``adapter_model.safetensors``."""
+    import copy
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from elmforge.modeldir.adapters import ADAPTER_WEIGHTS
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    config.inference_mode = True
+    config.save_pretrained(str(directory))
+    tensors = {key: value.detach().contiguous() for key, value in state.items()}
+    save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})

@@ -1,9 +1,10 @@
 """The fine-tuning run config: typed sections, YAML (packaged: ``elmforge/configs/finetune/``) and dotted overrides.
 
-Built with the config kit (:mod:`elmforge.config`), like pretraining's: the sections and keys
-shared with pretraining keep their names and meaning (``optim.lr``, ``schedule.max_steps``,
-``schedule.warmup_steps``, ``train.micro_batch_size``, ``train.grad_accum``, ``train.precision``,
-``seed``); ``optim`` and ``checkpoint`` are pretraining's own sections with fine-tuning defaults.
+Built with the config kit (:mod:`elmforge.config`), like pretraining's, and on pretraining's
+sections: ``optim`` and ``checkpoint`` are pretraining's own with fine-tuning defaults;
+``schedule``, ``train`` and ``log`` extend pretraining's (``StepSection``, ``LogBase``) with what
+fine-tuning adds (``auto`` step counts, ``epochs``), so a shared key has one definition and one
+``--help``.
 Every field's docstring is its ``--help``. Light on purpose (no torch): the CLI builds its flags
 from this schema.
 """
@@ -18,7 +19,13 @@ from typing import Any, Literal
 
 from elmforge import config as kit
 from elmforge.errors import ConfigError
-from elmforge.train.config import CheckpointSection, OptimSection
+from elmforge.train.config import (
+    CheckpointSection,
+    LogBase,
+    OptimSection,
+    ScheduleSection,
+    StepSection,
+)
 
 # CoreNet's LoRA/DoRA targets (projects/openelm/peft_configs): the token embedding and the four
 # projections of every layer.
@@ -32,6 +39,7 @@ RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     **dict.fromkeys(
         ["optim.lr", "lora.r", "lora.alpha", "dpo.beta", "train.epochs",
          "train.micro_batch_size", "train.grad_accum", "checkpoint.save_every", "log.log_every",
+         "train.max_nonfinite_steps",
          "data.max_length", "data.max_prompt_length", "schedule.max_steps"],
         _POSITIVE,
     ),
@@ -86,34 +94,30 @@ class DPOSection:
 
 
 @dataclass
-class FinetuneSchedule:
-    max_steps: int | Literal["auto"] = "auto"
-    """Optimizer steps in the run. ``auto``: train.epochs passes over the data."""
+class FinetuneSchedule(ScheduleSection):
+    """Pretraining's schedule with step counts that may follow from the data."""
+
     warmup_steps: int | Literal["auto"] = "auto"
     """Linear warm-up steps from ``warmup_init_lr``. ``auto``: warmup_ratio x max_steps."""
+    max_steps: int | Literal["auto"] = "auto"
+    """Optimizer steps in the run. ``auto``: train.epochs passes over the data."""
+    warmup_init_lr: float = 0.0
+    min_lr_ratio: float = 0.0
     warmup_ratio: float = 0.1
     """Share of the steps spent warming up when warmup_steps is auto (Apple's DPO: 0.1)."""
-    warmup_init_lr: float = 0.0
-    """Learning rate at step 0."""
-    min_lr_ratio: float = 0.0
-    """Learning rate at the last step as a fraction of optim.lr (the cosine's floor)."""
 
 
 @dataclass
-class FinetuneTrain:
-    epochs: int = 1
-    """Passes over the data (sets max_steps when that is auto)."""
+class FinetuneTrain(StepSection):
+    """Pretraining's step settings (precision, device, non-finite steps, threads) with
+    fine-tuning's batch, plus ``epochs``."""
+
     micro_batch_size: int = 8
-    """Rows per forward/backward pass (DPO: pairs, so twice as many sequences)."""
+    """Rows per process per forward/backward pass (DPO: pairs, so twice as many sequences)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """``bf16``: bfloat16 autocast over fp32 weights; ``fp32``; ``auto``: bf16 on GPUs that
-    support it, fp32 on CPU."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to train. ``auto``: CUDA if available."""
-    num_threads: int = 0
-    """CPU threads for PyTorch (0: leave PyTorch's default)."""
+    epochs: int = 1
+    """Passes over the data (sets max_steps when that is auto)."""
 
 
 @dataclass
@@ -134,15 +138,8 @@ class FinetuneCheckpoint(CheckpointSection):
 
 
 @dataclass
-class FinetuneLog:
-    log_every: int = 10
-    """Write a metrics line (metrics.jsonl, TensorBoard, progress, loss.png) every N steps."""
-    tensorboard: bool = True
-    """Write TensorBoard event files under ``tb/``."""
-    plot: bool = True
-    """Refresh ``loss.png`` at each metrics line."""
-    progress: Literal["auto", "bar", "plain", "none"] = "auto"
-    """``auto``: a tqdm bar in a terminal, plain lines when not a TTY or when ``CI`` is set."""
+class FinetuneLog(LogBase):
+    """Pretraining's metrics and progress settings."""
 
 
 @dataclass
@@ -212,9 +209,10 @@ class FinetuneConfig:
             raise ConfigError("lora.targets: no target modules given")
 
     # -- derived values ------------------------------------------------------------------------
-    def steps_for(self, rows: int) -> tuple[int, int]:
-        """(max_steps, warmup_steps) for a data set of ``rows`` rows (examples or pairs)."""
-        per_step = self.train.micro_batch_size * self.train.grad_accum
+    def steps_for(self, rows: int, processes: int = 1) -> tuple[int, int]:
+        """(max_steps, warmup_steps) for a data set of ``rows`` rows (examples or pairs) read by
+        ``processes`` processes (each step reads micro_batch_size x grad_accum x processes)."""
+        per_step = self.train.micro_batch_size * self.train.grad_accum * processes
         max_steps = self.schedule.max_steps
         if max_steps == "auto":
             max_steps = max(1, math.ceil(rows / per_step) * self.train.epochs)
