@@ -158,7 +158,8 @@ class FinetuneTask:
         state = dist_utils.full_model_state(self.model, trainable_only=self.peft)
         if not self.peft:
             return state
-        return {saved: state[name] for saved, name in self.names.items()}
+        # Real on rank 0 only (the others get an empty state).
+        return {saved: state[name] for saved, name in self.names.items() if name in state}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
         if self.peft:
