@@ -22,6 +22,7 @@ from elmforge.errors import ConfigError
 from elmforge.train.config import (
     CheckpointSection,
     LogBase,
+    ModelMemory,
     OptimSection,
     ScheduleSection,
     StepSection,
@@ -148,6 +149,8 @@ class FinetuneConfig:
 
     peft: Literal["none", "lora", "dora"] = "none"
     """``none``: full fine-tuning; ``lora`` or ``dora``: train a PEFT adapter only."""
+    model: ModelMemory = field(default_factory=ModelMemory)
+    """How the trained model spends memory (pretraining's ``model.activation_checkpointing``)."""
     lora: LoraSection = field(default_factory=LoraSection)
     """Adapter shape (with peft lora or dora)."""
     dpo: DPOSection = field(default_factory=DPOSection)

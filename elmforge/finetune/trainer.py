@@ -42,6 +42,7 @@ from elmforge.train import distributed as dist_utils
 from elmforge.train.engine import (
     Engine,
     check_resume,
+    enable_activation_checkpointing,
     prepare_run_dir,
     run_in_process_group,
     seed_everything,
@@ -184,6 +185,8 @@ def _build(
     examples, data_line = encode_data(job, lengths, rows, what, tokenizer)
     max_steps, warmup = config.steps_for(len(examples), env.world_size)
     base_name = str(model_dir.resolve()) if model_dir is not None else job.model
+    if config.model.activation_checkpointing:
+        enable_activation_checkpointing(model, reentrant=False)
     reference = None
     if job.objective == "dpo" and config.peft == "none":
         reference = copy.deepcopy(model).eval().requires_grad_(False)

@@ -24,7 +24,15 @@ from elmforge.errors import ConfigError
 
 
 @dataclass
-class ModelSection:
+class ModelMemory:
+    """How a trained model spends memory (pretraining and fine-tuning)."""
+
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass (memory for compute)."""
+
+
+@dataclass
+class ModelSection(ModelMemory):
     name: str = "OpenELM-tiny"
     """A preset of ``OpenELMConfig.from_name`` (OpenELM-270M, -450M, -1_1B, -3B, -tiny, -micro)."""
     shape: dict[str, Any] = field(default_factory=dict)
@@ -32,8 +40,6 @@ class ModelSection:
     vocab_size: int | Literal["auto"] = "auto"
     """Embedding rows. ``auto``: the tokenizer's size rounded up to a multiple of 64 (32000 for
     LLaMA-2)."""
-    activation_checkpointing: bool = False
-    """Recompute each layer's activations in the backward pass (memory for compute)."""
     compile: bool = False
     """Run the model through ``torch.compile``."""
 

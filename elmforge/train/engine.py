@@ -122,6 +122,19 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
     return contextlib.nullcontext()
 
 
+def enable_activation_checkpointing(model: Any, reentrant: bool | None = None) -> None:
+    """Recompute each decoder layer's activations in the backward pass (``reentrant``: torch's
+    checkpoint variant, None for transformers' default; a model with frozen inputs, a PEFT
+    run's, needs the non-reentrant one)."""
+    options = None if reentrant is None else {"use_reentrant": reentrant}
+    # transformers 5.24 renamed gradient_checkpointing_enable (kept as a deprecated alias).
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=options)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=options)
+
+
 def main_print() -> Callable[[str], None]:
     """``print`` on the main process (before the process group exists: by the launcher's rank)."""
     return print if os.environ.get("RANK", "0") == "0" else (lambda message: None)

@@ -40,6 +40,7 @@ from elmforge.train.engine import (
     TrainingDivergedError,
     autocast,
     check_resume,
+    enable_activation_checkpointing,
     prepare_run_dir,
     run_in_process_group,
     seed_everything,
@@ -78,13 +79,6 @@ def build_model_config(config: RunConfig, tokenizer: Any) -> Any:
 
 def resolve_precision(config: RunConfig, device: torch.device) -> str:
     return training_precision(config.train.precision, device)
-
-
-def enable_activation_checkpointing(model: Any) -> None:
-    """Recompute each decoder layer's activations in the backward pass."""
-    # transformers 5.24 renamed gradient_checkpointing_enable (kept as a deprecated alias).
-    enable = getattr(model, "activation_checkpointing_enable", None)
-    (enable or model.gradient_checkpointing_enable)()
 
 
 def _default_loader_factory(
