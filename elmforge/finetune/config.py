@@ -143,6 +143,25 @@ class FinetuneLog(LogBase):
     """Pretraining's metrics and progress settings."""
 
 
+# The held-out metrics each objective reports, and whether lower is better.
+EVAL_METRICS = {"val_loss": "min", "val_ppl": "min", "val_accuracy": "max", "val_margin": "max"}
+
+
+@dataclass
+class EvalSection:
+    every: int = 0
+    """Score the held-aside rows every N steps and at the end (0: never): validation loss (SFT);
+    loss, preference accuracy and reward margin (DPO), written to metrics.jsonl as ``val_*``."""
+    data: str | None = None
+    """Held-aside rows (a file, directory or ``hf:`` name like ``--data``); unset: the
+    ``holdout`` share of the training rows, drawn with the seed and never trained on."""
+    holdout: float = 0.05
+    """Share of the training rows held aside when ``eval.data`` is unset (at least one row)."""
+    keep_best: Literal["val_loss", "val_ppl", "val_accuracy", "val_margin"] | None = None
+    """Keep the checkpoint with the best value of this metric as ``checkpoints/best`` (lower is
+    better for val_loss/val_ppl, higher for val_accuracy/val_margin); needs ``eval.every``."""
+
+
 @dataclass
 class FinetuneConfig:
     """One fine-tuning run; the top-level keys of a fine-tuning YAML file."""
@@ -167,6 +186,8 @@ class FinetuneConfig:
     """Checkpoint frequency and retention."""
     log: FinetuneLog = field(default_factory=FinetuneLog)
     """Metrics and progress."""
+    eval: EvalSection = field(default_factory=EvalSection)
+    """Evaluation on held-aside rows while training."""
     seed: int = 0
     """Seed of the data order, adapter initialisation and dropout."""
 
@@ -210,6 +231,12 @@ class FinetuneConfig:
             )
         if not self.lora.targets:
             raise ConfigError("lora.targets: no target modules given")
+        if not 0 < self.eval.holdout < 1:
+            raise ConfigError(f"eval.holdout: must be in (0, 1), got {self.eval.holdout!r}")
+        if self.eval.every < 0:
+            raise ConfigError(f"eval.every: must be >= 0, got {self.eval.every!r}")
+        if self.eval.keep_best is not None and not self.eval.every:
+            raise ConfigError("eval.keep_best: needs eval.every (the metric is never computed)")
 
     # -- derived values ------------------------------------------------------------------------
     def steps_for(self, rows: int, processes: int = 1) -> tuple[int, int]:

@@ -20,6 +20,7 @@ checkpoints, resumption, logging and processes, as for pretraining.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -134,12 +135,16 @@ class FinetuneTask:
 
     def __init__(
         self, model: Any, env: dist_utils.DistEnv, precision: str, peft: bool,
-        write_final: Any, describe: Any, evaluate: Any = None,
+        write_final: Any, describe: Any, held_out: list | None = None, batch_size: int = 8,
+        pad_id: int = 0,
     ) -> None:  # fmt: skip
         self.env, self.precision, self.peft = env, precision, peft
         self.names = adapter_names(model) if peft else {}
         self.model = dist_utils.shard_model(model, decoder_layers(model), env)
-        self._write_final, self._describe, self._evaluate = write_final, describe, evaluate
+        self._write_final, self._describe = write_final, describe
+        # Every process scores every held-aside row: the same forward passes on every rank (FSDP2
+        # gathers in each), no reduction, and the figures do not depend on the process count.
+        self.held_out, self.batch_size, self.pad_id = held_out or [], batch_size, pad_id
 
     def describe(self, env: dist_utils.DistEnv, grad_accum: int, max_steps: int) -> str:
         return self._describe(env, grad_accum, max_steps)
@@ -151,8 +156,24 @@ class FinetuneTask:
         with autocast(self.precision, self.env.device):
             return model(input_ids=batch["input_ids"].to(self.env.device), use_cache=False).logits
 
+    @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        return self._evaluate() if self._evaluate is not None else None
+        """The held-out metrics (``val_*``) over every held-aside row, or None without them."""
+        if not self.held_out:
+            return None
+        self.model.eval()
+        units, sums = 0, {}
+        for start in range(0, len(self.held_out), self.batch_size):
+            batch = make_batch(self.held_out[start : start + self.batch_size], self.pad_id)
+            _, metrics = self.loss_sums(batch)
+            units += self.units(batch)
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        self.model.train()
+        return self.held_out_metrics(sums, units)
+
+    def held_out_metrics(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        raise NotImplementedError
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         state = dist_utils.full_model_state(self.model, trainable_only=self.peft)
@@ -191,6 +212,10 @@ class SFTTask(FinetuneTask):
     def units(self, batch: Batch) -> int:
         return int((batch["labels"] != IGNORE_INDEX).sum())
 
+    def held_out_metrics(self, sums: dict[str, float], units: int) -> dict[str, float]:
+        loss = sums["loss"] / units
+        return {"val_loss": loss, "val_ppl": math.exp(min(loss, 700.0))}
+
     def loss_sums(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         logits = self.logits(self.model, batch)
         ce_sum, z_sum = loss_sums(logits, batch["labels"].to(self.env.device))
@@ -214,6 +239,13 @@ class DPOTask(FinetuneTask):
 
     def units(self, batch: Batch) -> int:
         return int(batch["pairs"])
+
+    def held_out_metrics(self, sums: dict[str, float], pairs: int) -> dict[str, float]:
+        return {
+            "val_loss": sums["loss"] / pairs,
+            "val_accuracy": sums["rewards/accuracies"] / pairs,
+            "val_margin": sums["rewards/margins"] / pairs,
+        }
 
     def _reference_logps(self, batch: Batch, labels: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -28,12 +28,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_directory
 from elmforge.finetune import adapters
-from elmforge.finetune.config import FinetuneConfig
+from elmforge.finetune.config import EVAL_METRICS, FinetuneConfig
 from elmforge.finetune.tasks import DPOTask, ExampleLoader, SFTTask
 from elmforge.finetune.tokenize import pad_id_of
 from elmforge.layout import RunDir, is_run_dir
@@ -56,7 +57,7 @@ VERB = "finetune"
 # batch is compared as rows per optimizer step (the data order is global); the rest is applied.
 FINETUNE_RULES = ResumeRules(
     model_keys=("job.objective", "job.model", "peft", "lora.r", "lora.alpha", "lora.targets"),
-    exact_keys=("job.data", "job.tokenizer", "data", "seed"),
+    exact_keys=("job.data", "job.tokenizer", "data", "seed", "eval.data", "eval.holdout"),
     batch_keys=("train.micro_batch_size", "train.grad_accum"),
     global_order=True,
 )
@@ -183,6 +184,7 @@ def _build(
         )
     lengths = fit_lengths(config, getattr(model.config, "max_context_length", None))
     examples, data_line = encode_data(job, lengths, rows, what, tokenizer)
+    examples, held_out, data_line = hold_aside(job, config, lengths, examples, data_line, tokenizer)
     max_steps, warmup = config.steps_for(len(examples), env.world_size)
     base_name = str(model_dir.resolve()) if model_dir is not None else job.model
     if config.model.activation_checkpointing:
@@ -212,7 +214,8 @@ def _build(
     def write_final(task: Any) -> Path:
         return write_outputs(task, job, config, RunDir(out_dir), tokenizer)
 
-    common = dict(write_final=write_final, describe=describe)
+    common = dict(write_final=write_final, describe=describe, held_out=held_out,
+                  batch_size=config.train.micro_batch_size, pad_id=pad_id_of(tokenizer))  # fmt: skip
     peft = config.peft != "none"
     if job.objective == "sft":
         task: Any = SFTTask(model, env, precision, peft, z_loss=config.optim.z_loss, **common)
@@ -226,8 +229,35 @@ def _build(
     loader = ExampleLoader(examples, config.seed, config.train.micro_batch_size, env,
                            pad_id_of(tokenizer))  # fmt: skip
     text = yaml.safe_dump(run_record(job, config), sort_keys=False)
+    keep = config.eval.keep_best
     return Engine(config, out_dir, env, task, loader, schedule, config.train.grad_accum, text,
-                  fresh_data=forced)  # fmt: skip
+                  fresh_data=forced, eval_every=config.eval.every,
+                  keep_best=(keep, EVAL_METRICS[keep]) if keep else None)  # fmt: skip
+
+
+def hold_aside(
+    job: FinetuneJob, config: FinetuneConfig, lengths: tuple[int, int, str], examples: list,
+    data_line: str, tokenizer: Any,
+) -> tuple[list, list, str]:  # fmt: skip
+    """(training examples, held-aside examples, data line): ``eval.data`` encoded, or the
+    ``eval.holdout`` share of the examples drawn with the seed; nothing without ``eval.every``."""
+    if not config.eval.every:
+        return examples, [], data_line
+    if config.eval.data:
+        held_job = FinetuneJob(job.objective, job.model, config.eval.data, job.tokenizer)
+        rows, what = read_data(held_job, config)
+        held, line = encode_data(held_job, lengths, rows, what, tokenizer)
+        return examples, held, f"{data_line}; held aside: {line.removeprefix('data: ')}"
+    count = max(1, round(config.eval.holdout * len(examples)))
+    if count >= len(examples):
+        raise ConfigError(
+            f"eval.holdout: {config.eval.holdout} of {len(examples)} rows leaves none to train on"
+        )
+    order = torch.randperm(len(examples), generator=torch.Generator().manual_seed(config.seed))
+    held_ids = set(order[:count].tolist())
+    kept = [e for i, e in enumerate(examples) if i not in held_ids]
+    held = [e for i, e in enumerate(examples) if i in held_ids]
+    return kept, held, f"{data_line}; {count} held aside for evaluation"
 
 
 def write_outputs(

@@ -206,12 +206,16 @@ class Engine:
         grad_accum: int,
         config_text: str,
         fresh_data: bool = False,
+        eval_every: int = 0,
+        keep_best: tuple[str, str] | None = None,
     ) -> None:
         self.config, self.out_dir, self.env, self.task = config, Path(out_dir), env, task
         self.run_dir = RunDir(out_dir)
         self.loader, self.schedule, self.grad_accum = loader, schedule, grad_accum
         self.config_text = config_text
         self.fresh_data = fresh_data  # resumed with other data (--force-resume): start its stream
+        self.eval_every = eval_every
+        self.keep_best = keep_best  # (metric, "min" or "max"): kept as checkpoints/best
         self.optimizer = build_optimizer(task.model, config.optim, schedule.lr(0))
         self.params = [p for p in task.model.parameters() if p.requires_grad]
 
@@ -315,6 +319,7 @@ class Engine:
             "consecutive_nonfinite": 0,
             "elapsed_s": 0.0,
             "interval": self._fresh_interval(),
+            "best": None,
         }
         if trainer:
             counters.update({k: trainer[k] for k in counters if k in trainer})
@@ -331,6 +336,18 @@ class Engine:
             return self._train(step, trainer is not None, counters, logger)
         finally:
             logger.close()
+
+    def _improves(self, evaluation: dict[str, float], counters: dict[str, Any]) -> bool:
+        """Whether ``evaluation`` beats the best so far of the kept metric (recorded if so)."""
+        if self.keep_best is None or evaluation.get(self.keep_best[0]) is None:
+            return False
+        value, best = evaluation[self.keep_best[0]], counters["best"]
+        if not math.isfinite(value):
+            return False
+        better = best is None or (value < best if self.keep_best[1] == "min" else value > best)
+        if better:
+            counters["best"] = value
+        return better
 
     def _fresh_interval(self) -> dict[str, float]:
         return {**dict.fromkeys(self.task.metric_names, 0.0), "steps": 0}
@@ -394,9 +411,12 @@ class Engine:
                     f"{grad_norm}, lr {lr:.3g}); checkpoint saved at "
                     f"{path or self.run_dir.checkpoints}; lower optim.lr or check the data"
                 )
-            eval_every = getattr(config.log, "eval_every", 0)
-            eval_due = step == max_steps or (eval_every > 0 and step % eval_every == 0)
+            every = self.eval_every
+            eval_due = step == max_steps or (every > 0 and step % every == 0)
             evaluation = task.evaluate() if eval_due else None
+            if evaluation is not None and self._improves(evaluation, counters):
+                self._save(step, counters, name="best")
+                logger.info(f"step {step}: best {self.keep_best[0]} so far, in checkpoints/best")
             if step % config.log.log_every == 0 or eval_due:
                 now = time.monotonic()
                 seconds = max(now - interval_start, 1e-9)

@@ -139,7 +139,7 @@ def pretrain(
         schedule = WarmupCosineSchedule.from_config(config.optim, config.schedule)
         return Engine(config, out_dir, env, task, task.loader_factory("train"), schedule,
                       config.grad_accum_for(env.world_size), config.to_yaml(),
-                      fresh_data=forced)  # fmt: skip
+                      fresh_data=forced, eval_every=config.log.eval_every)  # fmt: skip
 
     return run_in_process_group(out_dir, config.train.device, config.train.num_threads, build)
 
