@@ -2,8 +2,8 @@
 
 OpenELM-270M shape (random weights, LLaMA-2's 32000-token vocabulary), sequences of 256 tokens.
 Each case runs in its own process (peak RSS is a per-process high-water mark) and times the
-optimizer step the fine-tuning loop takes (``elmforge.finetune.steps.Stepper``: forward, loss,
-backward, clipping, AdamW) after one untimed warm-up step; the adapters are CoreNet's recipe
+optimizer step the training engine takes for a fine-tuning task (``elmforge.finetune.tasks`` on
+``elmforge.train.engine.Engine.gradients``: forward, loss, backward, clipping; then AdamW) after one untimed warm-up step; the adapters are CoreNet's recipe
 (rank 32, alpha 32, dropout 0.1 on the embedding and the four projections). An SFT step takes
 ``--rows`` sequences, a DPO step as many pairs (twice the policy tokens, plus the reference's
 forward pass). Memory: the process's peak RSS, and the same minus the RSS after the imports (the
@@ -31,14 +31,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# objective, peft, precision, activation checkpointing ("ckpt") or not ("-")
 CASES = [
-    ("sft", "none", "fp32"),
-    ("sft", "lora", "fp32"),
-    ("sft", "dora", "fp32"),
-    ("sft", "none", "bf16"),
-    ("sft", "lora", "bf16"),
-    ("sft", "dora", "bf16"),
-    ("dpo", "lora", "fp32"),
+    ("sft", "none", "fp32", "-"),
+    ("sft", "none", "fp32", "ckpt"),
+    ("sft", "lora", "fp32", "-"),
+    ("sft", "lora", "fp32", "ckpt"),
+    ("sft", "dora", "fp32", "-"),
+    ("sft", "dora", "fp32", "ckpt"),
+    ("sft", "lora", "bf16", "-"),
+    ("dpo", "lora", "fp32", "-"),
 ]
 
 
@@ -46,17 +48,21 @@ def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace) -> dict:
+def run_case(
+    objective: str, peft: str, precision: str, checkpointing: str, args: argparse.Namespace
+) -> dict:
     """In this process: build the model, time ``args.steps`` optimizer steps, measure memory."""
     import torch
 
     from elmforge.finetune import adapters
     from elmforge.finetune.config import FinetuneConfig
-    from elmforge.finetune.steps import Stepper
+    from elmforge.finetune.tasks import DPOTask, SFTTask, make_batch
     from elmforge.finetune.tokenize import TokenRow
     from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
-    from elmforge.train.optim import build_optimizer
+    from elmforge.train.distributed import DistEnv
+    from elmforge.train.engine import Engine, enable_activation_checkpointing
+    from elmforge.train.optim import WarmupCosineSchedule
 
     imports_rss = _rss_mib()
     device = torch.device(args.device)
@@ -64,6 +70,8 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = OpenELMForCausalLM(OpenELMConfig.from_name(args.shape)).to(device)
+    if checkpointing == "ckpt":
+        enable_activation_checkpointing(model, reentrant=False)
     config = FinetuneConfig.load(None, [f"peft={peft}", f"train.precision={precision}"])
     reference = None
     if peft != "none":
@@ -75,8 +83,22 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
-    optimizer = build_optimizer(model, config.optim, config.optim.lr)
-    stepper = Stepper(objective, model, optimizer, config, device, precision, 0, reference)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    common = dict(write_final=None, describe=None)
+    if objective == "sft":
+        task = SFTTask(model, env, precision, peft != "none", **common)
+    else:
+        task = DPOTask(model, env, precision, peft != "none", beta=0.1, loss="sigmoid",
+                       reference=reference, **common)  # fmt: skip
+    schedule = WarmupCosineSchedule(config.optim.lr, 0.0, 0, 1000, 0.0)
+    engine = Engine(config, Path("."), env, task, None, schedule, 1, "")
+
+    def step(batch: dict) -> int:
+        _, _, tokens = engine.gradients([batch])
+        engine.optimizer.step()
+        engine.optimizer.zero_grad(set_to_none=True)
+        return tokens
+
     vocab, prompt = model.config.vocab_size, args.seq_len // 4
 
     def row(seed: int) -> TokenRow:
@@ -85,19 +107,19 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
         return TokenRow(ids, [False] * prompt + [True] * (args.seq_len + 1 - prompt))
 
     if objective == "sft":
-        batch = [[row(i) for i in range(args.rows)]]
+        batch = make_batch([row(i) for i in range(args.rows)], 0)
     else:
-        batch = [[(row(2 * i), row(2 * i + 1)) for i in range(args.rows)]]
+        batch = make_batch([(row(2 * i), row(2 * i + 1)) for i in range(args.rows)], 0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rss_before = _rss_mib()
-    stepper.step(batch)  # warm-up (allocates AdamW's state)
+    step(batch)  # warm-up (allocates AdamW's state)
     times = []
     for _ in range(args.steps):
         if device.type == "cuda":
             torch.cuda.synchronize()
         started = time.perf_counter()
-        _, tokens = stepper.step(batch)
+        tokens = step(batch)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - started)
@@ -105,6 +127,7 @@ def run_case(objective: str, peft: str, precision: str, args: argparse.Namespace
     trainable = sum(p.numel() for p in adapters.trainable_parameters(model).values())
     result = {
         "objective": objective, "peft": peft, "precision": precision,
+        "checkpointing": checkpointing,
         "trainable_params": trainable, "step_s": step_s, "tokens_per_s": tokens / step_s,
         "imports_rss_mib": imports_rss, "setup_rss_mib": rss_before, "peak_rss_mib": _rss_mib(),
     }  # fmt: skip
@@ -124,7 +147,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument(
-        "--cases", help="comma-separated objective/peft/precision, e.g. sft/lora/fp32"
+        "--cases", help="comma-separated objective/peft/precision/ckpt|-, e.g. sft/lora/fp32/ckpt"
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="JSON path (default bench/results/finetune[-DEVICE].json)")
@@ -149,9 +172,23 @@ def main() -> None:
         for key in ("step_s", "tokens_per_s", "peak_rss_mib", "setup_rss_mib", "training_mib"):
             row[key] = statistics.median(r[key] for r in results)
         rows.append(row)
-    full = {r["precision"]: r for r in rows if r["peft"] == "none" and r["objective"] == "sft"}
-    sft_lora = {r["precision"]: r for r in rows if r["peft"] == "lora" and r["objective"] == "sft"}
+    full = {
+        r["precision"]: r
+        for r in rows
+        if r["peft"] == "none" and r["objective"] == "sft" and r["checkpointing"] == "-"
+    }
+    sft_lora = {
+        r["precision"]: r
+        for r in rows
+        if r["peft"] == "lora" and r["objective"] == "sft" and r["checkpointing"] == "-"
+    }
+    plain = {(r["objective"], r["peft"], r["precision"]): r for r in rows
+             if r["checkpointing"] == "-"}  # fmt: skip
     for row in rows:
+        twin = plain.get((row["objective"], row["peft"], row["precision"]))
+        if row["checkpointing"] == "ckpt" and twin:
+            row["training_vs_no_ckpt"] = row["training_mib"] / twin["training_mib"]
+            row["speed_vs_no_ckpt"] = row["tokens_per_s"] / twin["tokens_per_s"]
         baseline = full.get(row["precision"])
         if baseline:
             row["peak_vs_full"] = row["peak_rss_mib"] / baseline["peak_rss_mib"]
@@ -161,9 +198,10 @@ def main() -> None:
             row["step_vs_sft"] = row["step_s"] / sft_lora[row["precision"]]["step_s"]
     from bench.common import print_table, write_json
 
-    print_table(rows, ["objective", "peft", "precision", "trainable_params", "tokens_per_s",
-                       "step_s", "peak_rss_mib", "training_mib", "peak_vs_full",
-                       "training_vs_full", "speed_vs_full", "step_vs_sft"])  # fmt: skip
+    print_table(rows, ["objective", "peft", "precision", "checkpointing", "trainable_params",
+                       "tokens_per_s", "step_s", "peak_rss_mib", "training_mib", "peak_vs_full",
+                       "training_vs_full", "speed_vs_full", "training_vs_no_ckpt",
+                       "speed_vs_no_ckpt", "step_vs_sft"])  # fmt: skip
     name = "finetune" if args.device == "cpu" else f"finetune-{args.device}"
     settings = {"shape": args.shape, "seq_len": args.seq_len, "steps": args.steps,
                 "rounds": args.rounds, "rows": args.rows, "device": args.device,

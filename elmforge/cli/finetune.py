@@ -51,6 +51,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                          "LLaMA-2's for Apple's hub layouts)")  # fmt: skip
         sub.add_argument("--print-config", action="store_true",
                          help="print the resolved config as YAML and exit")  # fmt: skip
+        sub.add_argument("--force-resume", action="store_true",
+                         help="resume even where the data, its order or the batch changed "
+                         "(the data stream starts afresh; docs/finetune.md)")  # fmt: skip
         if objective == "sft":
             add_override_alias(sub, "--prompt-style", "data.prompt_style",
                                choices=("alpaca", "llm-adapters", "chat"),
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         print(config.to_yaml(), end="")
         return 0
     job = FinetuneJob(args.objective, args.model, args.data, args.tokenizer)
-    final = finetune(job, config, args.out)
+    final = finetune(job, config, args.out, force_resume=args.force_resume)
     print(f"final model: {final}")
     return 0
 

@@ -95,3 +95,24 @@ def _sort_target_modules(directory: Path) -> None:
         if isinstance(config.get("target_modules"), list):
             config["target_modules"] = sorted(config["target_modules"])
             config_path.write_text(json.dumps(config, indent=2, sort_keys=True), encoding="utf-8")
+
+
+def write_adapter(peft_model: Any, state: dict[str, Any], directory: str | os.PathLike) -> None:
+    """An adapter in PEFT's format from its tensors under PEFT's saved names (gathered from a
+    possibly sharded model: ``elmforge.finetune.tasks``), as ``save_pretrained`` writes it:
+    ``adapter_config.json`` (inference mode) and ``adapter_model.safetensors``."""
+    import copy
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from elmforge.layout import ADAPTER_WEIGHTS
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    config.inference_mode = True
+    config.save_pretrained(str(directory))
+    tensors = {key: value.detach().contiguous() for key, value in state.items()}
+    save_file(tensors, str(directory / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    _sort_target_modules(directory)

@@ -1,9 +1,10 @@
 """The fine-tuning run config: typed sections, YAML (packaged: ``elmforge/configs/finetune/``) and dotted overrides.
 
-Built with the config kit (:mod:`elmforge.config`), like pretraining's: the sections and keys
-shared with pretraining keep their names and meaning (``optim.lr``, ``schedule.max_steps``,
-``schedule.warmup_steps``, ``train.micro_batch_size``, ``train.grad_accum``, ``train.precision``,
-``seed``); ``optim`` and ``checkpoint`` are pretraining's own sections with fine-tuning defaults.
+Built with the config kit (:mod:`elmforge.config`), like pretraining's, and on pretraining's
+sections: ``optim`` and ``checkpoint`` are pretraining's own with fine-tuning defaults;
+``schedule``, ``train`` and ``log`` extend pretraining's (``StepSection``, ``LogBase``) with what
+fine-tuning adds (``auto`` step counts, ``epochs``), so a shared key has one definition and one
+``--help``.
 Every field's docstring is its ``--help``. Light on purpose (no torch): the CLI builds its flags
 from this schema.
 """
@@ -18,7 +19,14 @@ from typing import Any, Literal
 
 from elmforge import config as kit
 from elmforge.errors import ConfigError
-from elmforge.train.config import CheckpointSection, OptimSection
+from elmforge.train.config import (
+    CheckpointSection,
+    LogBase,
+    ModelMemory,
+    OptimSection,
+    ScheduleSection,
+    StepSection,
+)
 
 # CoreNet's LoRA/DoRA targets (projects/openelm/peft_configs): the token embedding and the four
 # projections of every layer.
@@ -32,6 +40,7 @@ RULES: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     **dict.fromkeys(
         ["optim.lr", "lora.r", "lora.alpha", "dpo.beta", "train.epochs",
          "train.micro_batch_size", "train.grad_accum", "checkpoint.save_every", "log.log_every",
+         "train.max_nonfinite_steps",
          "data.max_length", "data.max_prompt_length", "schedule.max_steps"],
         _POSITIVE,
     ),
@@ -86,34 +95,30 @@ class DPOSection:
 
 
 @dataclass
-class FinetuneSchedule:
-    max_steps: int | Literal["auto"] = "auto"
-    """Optimizer steps in the run. ``auto``: train.epochs passes over the data."""
+class FinetuneSchedule(ScheduleSection):
+    """Pretraining's schedule with step counts that may follow from the data."""
+
     warmup_steps: int | Literal["auto"] = "auto"
     """Linear warm-up steps from ``warmup_init_lr``. ``auto``: warmup_ratio x max_steps."""
+    max_steps: int | Literal["auto"] = "auto"
+    """Optimizer steps in the run. ``auto``: train.epochs passes over the data."""
+    warmup_init_lr: float = 0.0
+    min_lr_ratio: float = 0.0
     warmup_ratio: float = 0.1
     """Share of the steps spent warming up when warmup_steps is auto (Apple's DPO: 0.1)."""
-    warmup_init_lr: float = 0.0
-    """Learning rate at step 0."""
-    min_lr_ratio: float = 0.0
-    """Learning rate at the last step as a fraction of optim.lr (the cosine's floor)."""
 
 
 @dataclass
-class FinetuneTrain:
-    epochs: int = 1
-    """Passes over the data (sets max_steps when that is auto)."""
+class FinetuneTrain(StepSection):
+    """Pretraining's step settings (precision, device, non-finite steps, threads) with
+    fine-tuning's batch, plus ``epochs``."""
+
     micro_batch_size: int = 8
-    """Rows per forward/backward pass (DPO: pairs, so twice as many sequences)."""
+    """Rows per process per forward/backward pass (DPO: pairs, so twice as many sequences)."""
     grad_accum: int = 1
     """Micro-batches accumulated per optimizer step."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """``bf16``: bfloat16 autocast over fp32 weights; ``fp32``; ``auto``: bf16 on GPUs that
-    support it, fp32 on CPU."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to train. ``auto``: CUDA if available."""
-    num_threads: int = 0
-    """CPU threads for PyTorch (0: leave PyTorch's default)."""
+    epochs: int = 1
+    """Passes over the data (sets max_steps when that is auto)."""
 
 
 @dataclass
@@ -134,15 +139,27 @@ class FinetuneCheckpoint(CheckpointSection):
 
 
 @dataclass
-class FinetuneLog:
-    log_every: int = 10
-    """Write a metrics line (metrics.jsonl, TensorBoard, progress, loss.png) every N steps."""
-    tensorboard: bool = True
-    """Write TensorBoard event files under ``tb/``."""
-    plot: bool = True
-    """Refresh ``loss.png`` at each metrics line."""
-    progress: Literal["auto", "bar", "plain", "none"] = "auto"
-    """``auto``: a tqdm bar in a terminal, plain lines when not a TTY or when ``CI`` is set."""
+class FinetuneLog(LogBase):
+    """Pretraining's metrics and progress settings."""
+
+
+# The held-out metrics each objective reports, and whether lower is better.
+EVAL_METRICS = {"val_loss": "min", "val_ppl": "min", "val_accuracy": "max", "val_margin": "max"}
+
+
+@dataclass
+class EvalSection:
+    every: int = 0
+    """Score the held-aside rows every N steps and at the end (0: never): validation loss (SFT);
+    loss, preference accuracy and reward margin (DPO), written to metrics.jsonl as ``val_*``."""
+    data: str | None = None
+    """Held-aside rows (a file, directory or ``hf:`` name like ``--data``); unset: the
+    ``holdout`` share of the training rows, drawn with the seed and never trained on."""
+    holdout: float = 0.05
+    """Share of the training rows held aside when ``eval.data`` is unset (at least one row)."""
+    keep_best: Literal["val_loss", "val_ppl", "val_accuracy", "val_margin"] | None = None
+    """Keep the checkpoint with the best value of this metric as ``checkpoints/best`` (lower is
+    better for val_loss/val_ppl, higher for val_accuracy/val_margin); needs ``eval.every``."""
 
 
 @dataclass
@@ -151,6 +168,8 @@ class FinetuneConfig:
 
     peft: Literal["none", "lora", "dora"] = "none"
     """``none``: full fine-tuning; ``lora`` or ``dora``: train a PEFT adapter only."""
+    model: ModelMemory = field(default_factory=ModelMemory)
+    """How the trained model spends memory (pretraining's ``model.activation_checkpointing``)."""
     lora: LoraSection = field(default_factory=LoraSection)
     """Adapter shape (with peft lora or dora)."""
     dpo: DPOSection = field(default_factory=DPOSection)
@@ -167,6 +186,8 @@ class FinetuneConfig:
     """Checkpoint frequency and retention."""
     log: FinetuneLog = field(default_factory=FinetuneLog)
     """Metrics and progress."""
+    eval: EvalSection = field(default_factory=EvalSection)
+    """Evaluation on held-aside rows while training."""
     seed: int = 0
     """Seed of the data order, adapter initialisation and dropout."""
 
@@ -210,11 +231,18 @@ class FinetuneConfig:
             )
         if not self.lora.targets:
             raise ConfigError("lora.targets: no target modules given")
+        if not 0 < self.eval.holdout < 1:
+            raise ConfigError(f"eval.holdout: must be in (0, 1), got {self.eval.holdout!r}")
+        if self.eval.every < 0:
+            raise ConfigError(f"eval.every: must be >= 0, got {self.eval.every!r}")
+        if self.eval.keep_best is not None and not self.eval.every:
+            raise ConfigError("eval.keep_best: needs eval.every (the metric is never computed)")
 
     # -- derived values ------------------------------------------------------------------------
-    def steps_for(self, rows: int) -> tuple[int, int]:
-        """(max_steps, warmup_steps) for a data set of ``rows`` rows (examples or pairs)."""
-        per_step = self.train.micro_batch_size * self.train.grad_accum
+    def steps_for(self, rows: int, processes: int = 1) -> tuple[int, int]:
+        """(max_steps, warmup_steps) for a data set of ``rows`` rows (examples or pairs) read by
+        ``processes`` processes (each step reads micro_batch_size x grad_accum x processes)."""
+        per_step = self.train.micro_batch_size * self.train.grad_accum * processes
         max_steps = self.schedule.max_steps
         if max_steps == "auto":
             max_steps = max(1, math.ceil(rows / per_step) * self.train.epochs)

@@ -56,11 +56,14 @@ def save_model_dir(
     save_model(model_from_state(model_config, model_state, str(directory)), directory, tokenizer)
 
 
-def write_model_dir(model: Any, tokenizer: Any, directory: Path) -> None:
+def write_model_dir(
+    model: Any, tokenizer: Any, directory: Path, state: dict[str, torch.Tensor] | None = None
+) -> None:
     """Apple's layout (config.json + model.safetensors), completed by
     :func:`~elmforge.modeldir.complete.complete_model_dir`: tokenizer files, generation config and Apple's chat template (the
-    template fine-tuning renders conversations with, whatever the tokenizer carried)."""
-    save_model_dir(model.config, model.state_dict(), directory)
+    template fine-tuning renders conversations with, whatever the tokenizer carried). ``state``:
+    the weights when ``model``'s own are sharded (gathered by the caller)."""
+    save_model_dir(model.config, model.state_dict() if state is None else state, directory)
     complete_model_dir(
         directory, tokenizer, chat_template=APPLE_CHAT_TEMPLATE, require_tokenizer=True
     )

@@ -41,7 +41,7 @@ from elmforge.layout import (
     list_checkpoints,
     step_dir_name,
 )
-from elmforge.modeldir.save import model_from_state, save_model, save_model_dir
+from elmforge.modeldir.save import model_from_state, save_model
 
 MANIFEST = "manifest.json"
 TRAINER_STATE = "trainer_state.json"
@@ -225,19 +225,19 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    model_config: Any,
-    model_state: dict[str, torch.Tensor],
+    write_model: Callable[[Path], None],
     optimizer_state: dict[str, Any],
     rng_states: Sequence[dict[str, Any]],
     trainer_state: dict[str, Any],
-    tokenizer: Any = None,
     name: str | None = None,
 ) -> Path:
     """Write ``checkpoints/step-NNNNNNNN`` (or ``checkpoints/NAME``) atomically, with its manifest
-    (rank 0 only). Only ``step-*`` directories are resumed from, averaged or pruned."""
+    (rank 0 only). ``write_model(directory)`` writes the trainable state into ``model/`` (a whole
+    model in HF layout, or a PEFT adapter: the training task decides). Only ``step-*``
+    directories are resumed from, averaged or pruned."""
     final = RunDir(run_dir).checkpoints / (name or step_dir_name(step))
     with atomic_directory(final) as tmp:
-        save_model_dir(model_config, model_state, tmp / CHECKPOINT_MODEL, tokenizer)
+        write_model(tmp / CHECKPOINT_MODEL)
         torch.save(optimizer_state, tmp / OPTIMIZER_STATE)
         torch.save(list(rng_states), tmp / RNG_STATE)
         (tmp / TRAINER_STATE).write_text(
@@ -258,14 +258,18 @@ def checkpoint_world_size(directory: Path) -> int:
 
 
 def load_checkpoint(directory: Path) -> dict[str, Any]:
-    """``{"model", "optimizer", "rng", "trainer"}`` of a verified checkpoint directory; a file
+    """``{"model", "optimizer", "rng", "trainer"}`` of a verified checkpoint directory (``model``:
+    the tensors of ``model/model.safetensors``, or of ``model/adapter_model.safetensors`` for a
+    PEFT run); every file of a checkpoint is read here, the one place to guard; a file
     that cannot be read, or holds more than tensors and plain containers (refused by
     ``weights_only``: never unpickled), is a CheckpointError naming it."""
     from safetensors.torch import load_file
 
     directory = Path(directory)
+    model_dir = directory / CHECKPOINT_MODEL
+    weights = next((n for n in MODEL_WEIGHTS if (model_dir / n).is_file()), WEIGHTS)
     return {
-        "model": _read_state(directory / CHECKPOINT_MODEL / WEIGHTS, load_file),
+        "model": _read_state(model_dir / weights, load_file),
         **load_training_state(directory),
     }
 

@@ -24,7 +24,15 @@ from elmforge.errors import ConfigError
 
 
 @dataclass
-class ModelSection:
+class ModelMemory:
+    """How a trained model spends memory (pretraining and fine-tuning)."""
+
+    activation_checkpointing: bool = False
+    """Recompute each layer's activations in the backward pass (memory for compute)."""
+
+
+@dataclass
+class ModelSection(ModelMemory):
     name: str = "OpenELM-tiny"
     """A preset of ``OpenELMConfig.from_name`` (OpenELM-270M, -450M, -1_1B, -3B, -tiny, -micro)."""
     shape: dict[str, Any] = field(default_factory=dict)
@@ -32,8 +40,6 @@ class ModelSection:
     vocab_size: int | Literal["auto"] = "auto"
     """Embedding rows. ``auto``: the tokenizer's size rounded up to a multiple of 64 (32000 for
     LLaMA-2)."""
-    activation_checkpointing: bool = False
-    """Recompute each layer's activations in the backward pass (memory for compute)."""
     compile: bool = False
     """Run the model through ``torch.compile``."""
 
@@ -70,15 +76,15 @@ class ScheduleSection:
 
 
 @dataclass
-class TrainSection:
+class StepSection:
+    """What every training run (pretraining, fine-tuning) says about its steps: batch,
+    precision, device, non-finite steps, threads."""
+
     micro_batch_size: int = 16
     """Sequences per process per forward/backward pass."""
     grad_accum: int | Literal["auto"] = "auto"
     """Micro-batches accumulated per optimizer step. ``auto``: from ``global_batch_tokens`` (1 if
     that is unset)."""
-    global_batch_tokens: int | None = None
-    """Tokens per optimizer step over all processes; sets ``grad_accum`` to
-    global_batch_tokens / (micro_batch_size x processes x seq_len), which must divide exactly."""
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     """``bf16``: bfloat16 autocast (fp32 master weights and optimizer state); ``fp32``; ``auto``:
     bf16 on GPUs that support it, fp32 on CPU."""
@@ -87,14 +93,21 @@ class TrainSection:
     max_nonfinite_steps: int = 5
     """Stop (after saving a checkpoint) when this many steps in a row had a non-finite loss or
     gradient; each such step is skipped and counted."""
+    num_threads: int = 0
+    """CPU threads for PyTorch (0: leave PyTorch's default)."""
+
+
+@dataclass
+class TrainSection(StepSection):
+    global_batch_tokens: int | None = None
+    """Tokens per optimizer step over all processes; sets ``grad_accum`` to
+    global_batch_tokens / (micro_batch_size x processes x seq_len), which must divide exactly."""
     num_workers: int = 0
     """Data loader worker processes per training process."""
     data_sharding: Literal["by_rank", "global_batch"] = "by_rank"
     """``by_rank``: each process reads its own share of the shards (scales to many processes).
     ``global_batch``: every process reads the same stream of global batches and keeps its rows,
     so the data order (and resumption) does not depend on the number of processes."""
-    num_threads: int = 0
-    """CPU threads for PyTorch (0: leave PyTorch's default)."""
 
 
 @dataclass
@@ -106,21 +119,27 @@ class CheckpointSection:
 
 
 @dataclass
-class LogSection:
+class LogBase:
+    """What every training run writes as it goes (pretraining and fine-tuning)."""
+
     log_every: int = 10
     """Write a metrics line (metrics.jsonl, TensorBoard, progress, loss.png) every N steps."""
-    eval_every: int = 0
-    """Validation loss on the held-out split every N steps and at the end (0: only at the end)."""
-    eval_batches: int = 8
-    """Micro-batches per validation (0 disables validation)."""
-    eval_split: str = "validation"
-    """The data split used for validation."""
     tensorboard: bool = True
     """Write TensorBoard event files under ``tb/``."""
     plot: bool = True
     """Refresh ``loss.png`` at each log line, each validation and at the end."""
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
     """``auto``: a tqdm bar in a terminal, plain lines when not a TTY or when ``CI`` is set."""
+
+
+@dataclass
+class LogSection(LogBase):
+    eval_every: int = 0
+    """Validation loss on the held-out split every N steps and at the end (0: only at the end)."""
+    eval_batches: int = 8
+    """Micro-batches per validation (0 disables validation)."""
+    eval_split: str = "validation"
+    """The data split used for validation."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device for the MFU estimate. Unset: a table of GPUs (bf16 dense); on CPU
     the widest unit /proc/cpuinfo lists for the precision (fp32: AVX-512 64, AVX2 32 FLOP/cycle;

@@ -26,6 +26,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from elmforge.errors import CheckpointError, first_line
+from elmforge.runtime import pick_device
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
     world_size = launcher_world_size()
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        from elmforge.errors import ConfigError
-
-        raise ConfigError("train.device: cuda was asked for but no CUDA device is available")
+    use_cuda = pick_device(device, option="train.device").startswith("cuda")
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
@@ -79,7 +76,9 @@ def shutdown_distributed() -> None:
 
 
 def shard_model(model: nn.Module, layers: nn.ModuleList, env: DistEnv) -> nn.Module:
-    """FSDP2: each decoder layer its own unit, then the root (keeps the tied weight together)."""
+    """FSDP2: each decoder layer its own unit, then the root (keeps the tied weight together).
+    Frozen parameters (a PEFT run's base, a DPO reference) are sharded alike: FSDP2 keeps
+    parameters that train and parameters that do not in one unit."""
     if not env.is_distributed:
         return model
     from torch.distributed.fsdp import fully_shard
@@ -129,9 +128,15 @@ def broadcast_object(obj: Any, env: DistEnv) -> Any:
 _FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The unsharded model state on CPU (rank 0 only under FSDP; a collective call)."""
-    return get_model_state_dict(model, options=_FULL)
+def full_model_state(model: nn.Module, trainable_only: bool = False) -> dict[str, torch.Tensor]:
+    """The unsharded model state on CPU (rank 0 only under FSDP; a collective call); with
+    ``trainable_only`` the parameters that train only (a PEFT adapter), keyed by their names in
+    ``model``."""
+    if not trainable_only:
+        return get_model_state_dict(model, options=_FULL)
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    return {k: v for k, v in get_model_state_dict(model, options=options).items() if k in names}
 
 
 def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -144,8 +149,10 @@ def load_full_state(
     optimizer: torch.optim.Optimizer | None,
     model_state: dict[str, torch.Tensor],
     optimizer_state: dict[str, Any] | None,
+    trainable_only: bool = False,
 ) -> None:
-    """Load full state dicts (every rank passes the same full dicts) into a possibly sharded model."""
+    """Load full state dicts (every rank passes the same full dicts) into a possibly sharded
+    model; with ``trainable_only`` the state holds the parameters that train only."""
     options = StateDictOptions(full_state_dict=True, strict=False)
     try:
         result = set_model_state_dict(model, model_state, options=options)
@@ -159,6 +166,9 @@ def load_full_state(
     tied = set(getattr(model, "_tied_weights_keys", None) or ())
     if not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
         tied = set()
+    if trainable_only:
+        tied |= {name for name, p in model.named_parameters() if not p.requires_grad}
+        tied |= {name for name, _ in model.named_buffers()}
     missing = [k for k in result.missing_keys if k not in tied]
     if missing or result.unexpected_keys:
         raise CheckpointError(
@@ -173,3 +183,11 @@ def to_local_scalar(value: torch.Tensor) -> torch.Tensor:
     """A DTensor (FSDP2's grad norm) as a plain replicated tensor."""
     full = getattr(value, "full_tensor", None)
     return full() if full is not None else value
+
+
+def load_optimizer_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer, optimizer_state: dict[str, Any]
+) -> None:
+    """Load a full (unsharded, keyed by parameter name) optimizer state; every rank passes it."""
+    options = StateDictOptions(full_state_dict=True, strict=False)
+    set_optimizer_state_dict(model, optimizer, optimizer_state, options=options)

@@ -24,6 +24,7 @@ The rule, stated once:
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,23 @@ EXACT_KEYS = (
 )
 # Keys that decide the batch: compared through the sequences per optimizer step.
 BATCH_KEYS = ("train.micro_batch_size", "train.grad_accum", "train.global_batch_tokens")
+
+
+@dataclass(frozen=True)
+class ResumeRules:
+    """Which keys of a verb's saved config are the model (always refused), which decide the data
+    order (refused unless forced) and which the batch; everything else is applied. The rule is
+    the same for every verb (module docstring); the key names are the verb's."""
+
+    model_keys: tuple[str, ...] = MODEL_KEYS
+    exact_keys: tuple[str, ...] = EXACT_KEYS
+    batch_keys: tuple[str, ...] = BATCH_KEYS
+    global_order: bool | None = None
+    """The data order does not depend on the process count (``None``: ``train.data_sharding``
+    says)."""
+
+
+PRETRAINING = ResumeRules()
 
 
 def _flatten(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -98,11 +116,15 @@ def sequences_per_step(config: Mapping[str, Any], world_size: int) -> int | None
 
 
 def _batch_kept(
-    saved: Mapping[str, Any], current: Mapping[str, Any], worlds: tuple[int, int]
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    worlds: tuple[int, int],
+    global_order: bool | None = None,
 ) -> bool:
     """Whether one optimizer step reads the same sequences from the same stream(s)."""
-    sharding = (current.get("train") or {}).get("data_sharding")
-    if sharding == "global_batch":  # one stream, cut into the global batch
+    if global_order is None:
+        global_order = (current.get("train") or {}).get("data_sharding") == "global_batch"
+    if global_order:  # one stream, cut into the global batch
         before, after = sequences_per_step(saved, worlds[0]), sequences_per_step(current, worlds[1])
     else:  # a stream per process: the process's share
         before = sequences_per_step(saved, worlds[0])
@@ -118,25 +140,26 @@ def check_resume_config(
     force_resume: bool = False,
     report: Callable[[str], None] = print,
     worlds: tuple[int, int] = (1, 1),
+    rules: ResumeRules = PRETRAINING,
 ) -> dict[str, tuple]:
     """Compare the run's saved config with ``current`` (see the module docstring for the rule);
     return the changes that break exact resumption and ``force_resume`` let through (the data
     stream then starts afresh: its saved position belongs to other data). ``worlds``: the process
-    counts of the saved checkpoint and of this run."""
+    counts of the saved checkpoint and of this run; ``rules``: the verb's key names."""
     if not saved_path.exists() and not saved_path.is_symlink():
         report(f"{saved_path} is missing: the resumed config cannot be compared with the run's")
         return {}
     saved = read_yaml(saved_path)
     changes = config_changes(saved, current)
-    model = {k: v for k, v in changes.items() if _among(k, MODEL_KEYS)}
+    model = {k: v for k, v in changes.items() if _among(k, rules.model_keys)}
     if model:
         raise CheckpointError(
             f"{saved_path}: resuming with {describe(model)}: the run's checkpoint does not fit "
             "this model; keep the run's model settings or pick a new run directory"
         )
-    refused = {k: v for k, v in changes.items() if _among(k, EXACT_KEYS)}
-    batch = {k: v for k, v in changes.items() if k in BATCH_KEYS}
-    if batch and not _batch_kept(saved, current, worlds):
+    refused = {k: v for k, v in changes.items() if _among(k, rules.exact_keys)}
+    batch = {k: v for k, v in changes.items() if k in rules.batch_keys}
+    if batch and not _batch_kept(saved, current, worlds, rules.global_order):
         refused.update(batch)
     applied = {k: v for k, v in changes.items() if k not in refused}
     if refused and not force_resume:

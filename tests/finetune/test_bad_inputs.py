@@ -31,7 +31,8 @@ def inputs(tmp_path_factory, base_model_dir, bpe_tokenizer) -> dict[str, Path]:
     good = write_json(root / "good.json", instruction_rows())
     run = root / "earlier-run"
     run.mkdir()
-    job = FinetuneJob("sft", str(base_model_dir), str(good))
+    earlier_data = write_json(root / "earlier.json", instruction_rows()[:4])
+    job = FinetuneJob("sft", str(base_model_dir), str(earlier_data))
     record = run_record(job, FinetuneConfig.load(None, ["optim.lr=1e-3"]))
     (run / "config.yaml").write_text(yaml.safe_dump(record))
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 3.0}\n')
@@ -72,8 +73,10 @@ CASES = {
                                    ["--lora.targets", "'q_proj'"]),
     "bad config value": (["finetune", "sft", "{model}", "--data", "{good}", "--lora.r", "0"],
                          ["lora.r", "must be positive"]),
-    "run with other settings": (["finetune", "sft", "{model}", "--data", "{good}", "--out", "{run}"],
-                                ["{run}", "config.optim.lr", "pick another --out"]),
+    # The resume rules of pretraining: another dataset is refused naming the key (a changed
+    # optim.lr beside it would be applied).
+    "run with other data": (["finetune", "sft", "{model}", "--data", "{good}", "--out", "{run}"],
+                            ["{run}", "job.data", "--force-resume"]),
     "foreign output directory": (["finetune", "sft", "{model}", "--data", "{good}", "--out",
                                   "{foreign}"], ["{foreign}", "not an elmforge output"]),
     "adapter for another shape": (["merge-adapter", "{model}", "{adapter}", "--out", "{root}/m"],

@@ -72,7 +72,7 @@ def test_ultrafeedback_layout_takes_the_shared_turns_as_prompt(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("rows", "loader", "message"),
     [
-        ([{"text": "hello"}], load_sft_rows, "cannot tell the data format from the columns (text)"),
+        ([{"body": "hello"}], load_sft_rows, "cannot tell the data format from the columns (body)"),
         (preference_rows(), load_sft_rows, "are for `elmforge finetune dpo`"),
         (instruction_rows(), load_preference_rows, "DPO needs preference rows"),
         (
