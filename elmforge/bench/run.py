@@ -356,7 +356,6 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         status, answer = roofline.receive(LOAD_TIMEOUT_S)
         if status != "ok":
             raise ElmforgeError(f"the roofline probe could not start: {answer}")
-        roof_bytes = answer["weight_bytes_per_step"]
         infos: dict[tuple[str, str], dict] = {}
         samples: list[dict] = []
         try:
@@ -375,7 +374,6 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
                    if uniform_dir else None},
             infos=infos,
             samples=samples,
-            roof_bytes=roof_bytes,
             skipped=config.skipped,
         )  # fmt: skip
     with atomic_directory(out, verb="bench") as staging:

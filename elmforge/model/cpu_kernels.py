@@ -33,6 +33,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode_linear.cpp"
+SOURCES = (SOURCE, SOURCE.with_name("stream_probe.cpp"))
+"""The extension's files: the decode products and norms, and the roofline's streaming probes."""
 MAX_ROWS = 8
 """The kernels take 1 to 8 rows: one new token for each of up to 8 sequences."""
 ENV_SWITCH = "ELMFORGE_KERNELS"
@@ -56,7 +58,8 @@ def _cpu_flags() -> str:
 def extension_name() -> str:
     """A name that changes with the source, the CPU and torch, so no stale build is reused."""
     digest = hashlib.sha256()
-    digest.update(SOURCE.read_bytes())
+    for source in SOURCES:
+        digest.update(source.read_bytes())
     digest.update(_cpu_flags().encode())
     digest.update(torch.__version__.encode())
     return f"elmforge_decode_{digest.hexdigest()[:12]}"
@@ -75,7 +78,7 @@ def _build() -> tuple[bool, str]:
         log.info("building elmforge's CPU decode kernels (once per machine, about a minute)")
         load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
@@ -179,6 +182,17 @@ def norm_usable_for(x: torch.Tensor) -> bool:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``F.rms_norm(x, weight.shape, weight, eps)`` computed in float32, in one op."""
     return torch.ops.elmforge.rms_norm(x, weight, eps)
+
+
+def stream_read(buffer: torch.Tensor) -> float:
+    """The sum of a contiguous float32 CPU buffer, read by every ATen thread in one slice each
+    (the roofline probe's read loop)."""
+    return torch.ops.elmforge.stream_read(buffer)
+
+
+def stream_triad(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: float) -> None:
+    """``a = b + s * c`` in place with cache-bypassing stores (STREAM's triad)."""
+    torch.ops.elmforge.stream_triad(a, b, c, s)
 
 
 def linear_decode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
