@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.bench.engines import EngineSpec, silent_log, worker_main
-from elmforge.errors import ElmforgeError, first_line
+from elmforge.errors import CheckpointError, ElmforgeError, first_line
+from elmforge.layout import resolve_model_dir
 from elmforge.model.uniform import uniform_twin
 
 BENCH_DTYPES = ("fp32", "bf16", "fp16", "int8", "int4")
@@ -106,12 +107,13 @@ def _model_dir(config: BenchConfig, work: Path, log: Callable[[str], None]) -> t
     from elmforge.model.config import PRESETS
 
     given = Path(config.model).expanduser()
-    if given.is_dir():
-        if not (given / "config.json").is_file():
-            raise ElmforgeError(f"{given}: not a model directory (no config.json)")
-        return given, str(given)
+    if given.exists():
+        # Like every verb: a model directory, a run's final/, a checkpoint's model/, or the same
+        # one-line CheckpointError.
+        model_dir = resolve_model_dir(given)
+        return model_dir, str(model_dir)
     if config.model.lower() not in {name.lower() for name in PRESETS}:
-        raise ElmforgeError(
+        raise CheckpointError(
             f"{config.model}: neither a model directory nor a preset ({', '.join(PRESETS)})"
         )
     from elmforge.model.config import OpenELMConfig
@@ -328,7 +330,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
 
         cpu_kernels.load_kernels()  # built once here, not by several workers at a time
     local = Path(config.model).expanduser()
-    out = claim_output(config.out, "bench", config.force, inputs=(local,) if local.is_dir() else ())
+    out = claim_output(config.out, "bench", config.force, inputs=(local,) if local.exists() else ())
     with tempfile.TemporaryDirectory(prefix="elmforge-bench-") as tmp:
         work = Path(tmp)
         model_dir, source = _model_dir(config, work, log)
