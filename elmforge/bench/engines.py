@@ -143,6 +143,19 @@ class ElmforgeEngine:
         )
         return {"ttft_s": timer.times[0] - start, "decode_s": timer.times[-1] - timer.times[0]}
 
+    def profile(self, tokens: list[list[int]]) -> dict[str, Any]:
+        """The split of a prefill and a decode step (``elmforge.bench.profile``)."""
+        from elmforge.bench.profile import peak_gflops, profile_generate
+
+        torch = self.torch
+        float_dtype = self.model.dtype  # float32 activations for int8/int4 weights
+        itemsize = torch.empty(0, dtype=float_dtype).element_size()
+        with torch.inference_mode():
+            split = profile_generate(self.model, tokens, self.spec.generate, itemsize)
+        split["peak_gflop_s"] = peak_gflops(float_dtype, self.spec.threads)
+        split["peak_dtype"] = str(float_dtype).removeprefix("torch.")
+        return split
+
 
 class NaiveEngine:
     def __init__(self, spec: EngineSpec) -> None:
@@ -379,6 +392,9 @@ def worker_main(connection: Any, spec: EngineSpec) -> None:
         if message[0] == "stop":
             return
         try:
+            if message[0] == "profile":
+                connection.send(("ok", engine.profile(message[1])))
+                continue
             result = engine.run(message[1])
             result["peak_memory_bytes"] = peak_memory_bytes(spec.device)
             connection.send(("ok", result))

@@ -126,6 +126,7 @@ def build_payload(
         "roofline": _roofline_summary(roof_samples, all_roofs, config["roofline_mib"]),
         "rows": rows,
         "skipped": skipped,
+        "profile": profile,
     }
     payload["targets"] = targets(rows)
     return payload
@@ -258,6 +259,10 @@ def markdown(payload: dict[str, Any]) -> str:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
         value = "" if t["value"] is None else f" {t['value']:.2f}:"
         lines.append(f"- {t['target']}:{value} {verdict} ({t['detail']})")
+    if payload.get("profile"):
+        from elmforge.bench.profile import profile_markdown
+
+        lines += profile_markdown(payload["profile"])
     if payload["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {s['engine']} at {s['dtype']}: {s['reason']}" for s in payload["skipped"]]

@@ -66,6 +66,8 @@ class BenchConfig:
     seed: int = 0
     roofline_mib: int = 1024
     """Size of the roofline probe's weights: must be far larger than the CPU's caches."""
+    profile: bool = False
+    """Also split a prefill and a decode step of each elmforge engine (``bench.profile``)."""
     force: bool = False
     skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -238,6 +240,10 @@ class Worker:
         self.connection.send(("run", tokens))
         return self.receive(RUN_TIMEOUT_S)
 
+    def profile(self, tokens: list[list[int]]) -> tuple[str, Any]:
+        self.connection.send(("profile", tokens))
+        return self.receive(RUN_TIMEOUT_S)
+
     def stop(self) -> None:
         with contextlib.suppress(OSError):  # the worker may be gone already
             self.connection.send(("stop",))
@@ -262,8 +268,10 @@ def measure(
     roofline: Worker,
     prompts: dict[int, list[list[int]]],
     log: Callable[[str], None],
+    profiles: list[dict] | None = None,
 ) -> tuple[dict[str, dict], list[dict]]:
-    """Load the engines, then time them in turns. Returns (load info by label, samples)."""
+    """Load the engines, then time them in turns (then profile elmforge's, if ``profiles`` is a
+    list to append to). Returns (load info by label, samples)."""
     workers = [Worker(spec) for spec in specs]
     info: dict[str, dict] = {}
     live: list[Worker] = []
@@ -311,10 +319,29 @@ def measure(
                     f"  {dtype} batch {batch} repeat {repeat}/{config.repeats}"
                     f"{' (warm-up)' if not repeat else ''}: {elapsed:.0f} s, ETA {eta:.0f} s"
                 )
+        if profiles is not None:
+            _profile(live, dtype, prompts[min(config.batches)], profiles, log)
     finally:
         for worker in live:
             worker.stop()
     return info, samples
+
+
+def _profile(
+    live: list[Worker], dtype: str, tokens: list[list[int]], profiles: list[dict], log: Callable
+) -> None:
+    """One profiled ``generate`` per elmforge engine (after the timed turns: the profiler's cost
+    never touches the rates)."""
+    for worker in live:
+        if worker.spec.engine != "elmforge" or worker.spec.variant != "openelm":
+            continue
+        log(f"  profiling {worker.spec.label} ({dtype})")
+        status, answer = worker.profile(tokens)
+        if status == "ok":
+            profiles.append({"engine": worker.spec.label, "dtype": dtype,
+                             "batch": len(tokens), **answer})  # fmt: skip
+        else:
+            profiles.append({"engine": worker.spec.label, "dtype": dtype, "error": answer})
 
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -360,11 +387,12 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
             raise ElmforgeError(f"the roofline probe could not start: {answer}")
         infos: dict[tuple[str, str], dict] = {}
         samples: list[dict] = []
+        profiles: list[dict] | None = [] if config.profile else None
         try:
             for dtype in config.dtypes:
                 log(f"{dtype}: preparing engines")
                 specs = plan_engines(config, dtype, model_dir, uniform_dir, work)
-                info, measured = measure(config, dtype, specs, roofline, prompts, log)
+                info, measured = measure(config, dtype, specs, roofline, prompts, log, profiles)
                 infos.update({(label, dtype): value for label, value in info.items()})
                 samples += measured
         finally:
@@ -377,6 +405,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
             infos=infos,
             samples=samples,
             skipped=config.skipped,
+            profile=profiles,
         )  # fmt: skip
     with atomic_directory(out, verb="bench") as staging:
         write_reports(payload, staging)

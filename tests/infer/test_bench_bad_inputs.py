@@ -7,19 +7,14 @@ import json
 import subprocess
 
 import pytest
-import torch
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.cli.main import main
 from tests.cli_support import assert_clean_error, run_elmforge, tree_snapshot
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("micro")
-    torch.manual_seed(0)
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(directory)
-    return directory
+def model_dir(micro_dir):
+    return micro_dir
 
 
 def in_process(capsys, *args) -> subprocess.CompletedProcess:
