@@ -14,6 +14,10 @@ into:
 - ``generate_loop``: from the end of one forward to the start of the next (transformers' loop:
   logits processing, the token choice, stopping criteria, cache bookkeeping).
 
+The profiler costs tens of microseconds per op, a large share of a 0.1 ms product, so beside the
+profiled split :func:`unprofiled_split` times a plain decode step and the same step's products
+alone: their difference is the honest time outside the products.
+
 Decode figures are per token (the mean over the decode steps); prompt figures are for the one
 prefill, with its products' GFLOP/s beside the machine's peak measured by a large matmul of the
 same dtype with the same threads. The profiler's own cost lands mostly in ``dispatch``: compare
@@ -190,7 +194,45 @@ def profile_generate(
     }
 
 
-def peak_gflops(dtype: Any, threads: int, size: int = 1024, repeats: int = 3) -> float:
+def unprofiled_split(model: Any, tokens: list[list[int]], new_tokens: int) -> dict[str, float]:
+    """Without the profiler (whose cost per op is large beside a 0.1 ms product): the mean decode
+    step of a plain ``generate`` and the time of the same step's products alone (every linear
+    layer once, in turn, with a batch of one-token rows), best of three; their difference is
+    the time a step spends outside the products."""
+    import torch
+    from torch import nn
+
+    ids = torch.tensor(tokens, device=model.device)
+    stamps: list[float] = []
+
+    class Stamps:
+        def put(self, value: Any) -> None:
+            stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    step = float("inf")
+    for _ in range(2):
+        stamps.clear()
+        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                       streamer=Stamps())  # fmt: skip
+        step = min(step, (stamps[-1] - stamps[1]) / max(1, len(stamps) - 2))
+    dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
+    layers = [m for m in model.modules() if isinstance(m, nn.Linear) or hasattr(m, "qweight")]
+    inputs = [torch.randn(ids.shape[0], 1, m.in_features, dtype=dtype) for m in layers]
+    products = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        for layer, x in zip(layers, inputs):
+            layer(x)
+        products = min(products, time.perf_counter() - start)
+    return {"step_ms": step * 1e3, "products_alone_ms": products * 1e3,
+            "outside_products_ms": (step - products) * 1e3}  # fmt: skip
+
+
+def peak_gflops(dtype: Any, threads: int, size: int = 2048, repeats: int = 3) -> float:
     """The machine's matrix-product rate in ``dtype`` with ``threads`` threads: the best of a
     few (size x size) @ (size x size) products."""
     import torch
