@@ -145,13 +145,14 @@ class ElmforgeEngine:
 
     def profile(self, tokens: list[list[int]]) -> dict[str, Any]:
         """The split of a prefill and a decode step (``elmforge.bench.profile``)."""
-        from elmforge.bench.profile import peak_gflops, profile_generate
+        from elmforge.bench.profile import peak_gflops, profile_generate, unprofiled_split
 
         torch = self.torch
         float_dtype = self.model.dtype  # float32 activations for int8/int4 weights
         itemsize = torch.empty(0, dtype=float_dtype).element_size()
         with torch.inference_mode():
             split = profile_generate(self.model, tokens, self.spec.generate, itemsize)
+            split["unprofiled"] = unprofiled_split(self.model, tokens, self.spec.generate)
         split["peak_gflop_s"] = peak_gflops(float_dtype, self.spec.threads)
         split["peak_dtype"] = str(float_dtype).removeprefix("torch.")
         return split

@@ -279,6 +279,15 @@ def profile_markdown(profiles: list[dict[str, Any]]) -> list[str]:
                 f"| {p['engine']} | {p['dtype']} | {step} | {cells} | {s['step_ms']:.2f} "
                 f"| {gb_s:.1f} | {gflop_s:.0f} ({p['peak_gflop_s']:.0f} {p['peak_dtype']}) |"
             )
+    lines += ["", "Without the profiler (its cost per op is large beside a 0.1 ms product): the "
+              "mean decode step, the same step's products alone, and the difference.", "",
+              "| engine | dtype | decode step ms | products alone ms | outside the products ms |",
+              "|---|---|---:|---:|---:|"]  # fmt: skip
+    for p in profiles:
+        if "unprofiled" in p:
+            u = p["unprofiled"]
+            lines.append(f"| {p['engine']} | {p['dtype']} | {u['step_ms']:.2f} "
+                         f"| {u['products_alone_ms']:.2f} | {u['outside_products_ms']:.2f} |")  # fmt: skip
     lines += ["", "Decode products per weight shape (first engine of each dtype):", "",
               "| engine | dtype | weight (out x in) | op | calls/step | ms/step | MB/call | GB/s |",
               "|---|---|---|---|---:|---:|---:|---:|"]  # fmt: skip

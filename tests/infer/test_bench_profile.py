@@ -56,7 +56,13 @@ def test_bench_profile_writes_the_split(model_dir, tmp_path):
         assert p["peak_gflop_s"] > 0 and p["peak_dtype"] == "float32"
         assert set(p["decode"]["ms_per_step"]) == set(CATEGORIES)
         assert all(x["gb_s"] > 0 for x in p["decode"]["products"])
+        unprofiled = p["unprofiled"]
+        assert unprofiled["step_ms"] > 0 and unprofiled["products_alone_ms"] > 0
+        assert unprofiled["outside_products_ms"] == pytest.approx(
+            unprofiled["step_ms"] - unprofiled["products_alone_ms"]
+        )
     int8_ops = {x["op"] for x in profiles[1]["decode"]["products"]}
     assert int8_ops <= {"elmforge::linear_int8", "aten::linear"}
     text = (out / "bench.md").read_text()
     assert "## Profile" in text and "| elmforge eager | int8 | decode |" in text
+    assert "products alone ms" in text
