@@ -202,23 +202,10 @@ def unprofiled_split(model: Any, tokens: list[list[int]], new_tokens: int) -> di
     import torch
     from torch import nn
 
+    from elmforge.model.decoding import time_decode_step
+
     ids = torch.tensor(tokens, device=model.device)
-    stamps: list[float] = []
-
-    class Stamps:
-        def put(self, value: Any) -> None:
-            stamps.append(time.perf_counter())
-
-        def end(self) -> None:
-            pass
-
-    step = float("inf")
-    for _ in range(2):
-        stamps.clear()
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
-                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
-                       streamer=Stamps())  # fmt: skip
-        step = min(step, (stamps[-1] - stamps[1]) / max(1, len(stamps) - 2))
+    step = time_decode_step(model, ids, new_tokens) or float("nan")
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     layers = [m for m in model.modules() if isinstance(m, nn.Linear) or hasattr(m, "qweight")]
     inputs = [torch.randn(ids.shape[0], 1, m.in_features, dtype=dtype) for m in layers]

@@ -55,3 +55,20 @@ def test_decode_steps_use_it_and_training_does_not():
     finally:
         cpu_kernels._state["ready"] = switched_off
     assert torch.equal(fused, plain)
+
+
+def test_warm_up_keeps_the_compiled_step_only_if_it_is_faster(monkeypatch):
+    from elmforge.model import decoding
+
+    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).eval()
+    monkeypatch.setattr(model, "generate", lambda *a, **kw: None)  # no compiling here
+    for compiled, eager, kept in ((0.010, 0.012, True), (0.012, 0.010, False)):
+        steps = iter([compiled, eager])
+        monkeypatch.setattr(decoding, "_mean_decode_step", lambda *a, steps=steps: next(steps))
+        decoding.warm_up_decode(model, (1,), (128,))
+        assert model._decode_warmed_up is kept
+        assert model.decode_choice.startswith("compiled" if kept else "eager")
+        assert "10.0 ms" in model.decode_choice and "12.0 ms" in model.decode_choice
+    model.decode_compile = "on"  # asked for: no comparison, always compiled
+    decoding.warm_up_decode(model, (1,), (128,))
+    assert model._decode_warmed_up
