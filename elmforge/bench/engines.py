@@ -143,6 +143,20 @@ class ElmforgeEngine:
         )
         return {"ttft_s": timer.times[0] - start, "decode_s": timer.times[-1] - timer.times[0]}
 
+    def profile(self, tokens: list[list[int]]) -> dict[str, Any]:
+        """The split of a prefill and a decode step (``elmforge.bench.profile``)."""
+        from elmforge.bench.profile import peak_gflops, profile_generate, unprofiled_split
+
+        torch = self.torch
+        float_dtype = self.model.dtype  # float32 activations for int8/int4 weights
+        itemsize = torch.empty(0, dtype=float_dtype).element_size()
+        with torch.inference_mode():
+            split = profile_generate(self.model, tokens, self.spec.generate, itemsize)
+            split["unprofiled"] = unprofiled_split(self.model, tokens, self.spec.generate)
+        split["peak_gflop_s"] = peak_gflops(float_dtype, self.spec.threads)
+        split["peak_dtype"] = str(float_dtype).removeprefix("torch.")
+        return split
+
 
 class NaiveEngine:
     def __init__(self, spec: EngineSpec) -> None:
@@ -341,51 +355,20 @@ class MlxEngine:
         return {"ttft_s": first - start, "decode_s": time.perf_counter() - first}
 
 
-class RooflineProbe:
-    """The machine's memory roof, measured with the run's threads: threaded float32
-    matrix-vector products over ``weights`` MiB of 4096 x 1024 matrices (1 GiB by default, far
-    larger than any cache), bytes over time."""
-
-    def __init__(self, spec: EngineSpec) -> None:
-        self.spec = spec
-
-    def load(self) -> dict[str, Any]:
-        import torch
-
-        self.torch = torch
-        count = max(1, int(self.spec.weights) // 16)  # 16 MiB per matrix
-        generator = torch.Generator().manual_seed(0)
-        self.weights = [
-            torch.randn(4096, 1024, generator=generator).to(self.spec.device) for _ in range(count)
-        ]
-        self.x = torch.randn(1, 1024, device=self.spec.device)
-        return {
-            "weight_bytes_per_step": count * 4096 * 1024 * 4,
-            "warmup_s": None,
-            "format": "fp32",
-        }
-
-    def run(self, tokens: list[list[int]]) -> dict[str, float]:
-        torch = self.torch
-        best = float("inf")
-        for _ in range(2):  # one pass wakes the threads; the better of two is the figure
-            start = time.perf_counter()
-            for weight in self.weights:
-                out = torch.nn.functional.linear(self.x, weight)
-            if self.spec.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            out.sum().item()
-            best = min(best, time.perf_counter() - start)
-        return {"seconds": best}
-
-
 ENGINE_CLASSES = {
     "elmforge": ElmforgeEngine,
     "naive": NaiveEngine,
     "llama.cpp": LlamaCppEngine,
     "mlx-lm": MlxEngine,
-    "roofline": RooflineProbe,
 }
+
+
+def _engine_class(name: str) -> type:
+    if name == "roofline":
+        from elmforge.bench.roofline import RooflineProbe
+
+        return RooflineProbe
+    return ENGINE_CLASSES[name]
 
 
 def worker_main(connection: Any, spec: EngineSpec) -> None:
@@ -399,7 +382,7 @@ def worker_main(connection: Any, spec: EngineSpec) -> None:
             import torch
 
             torch.set_num_threads(spec.threads)
-        engine = ENGINE_CLASSES[spec.engine](spec)
+        engine = _engine_class(spec.engine)(spec)
         info = engine.load()
         connection.send(("ok", info))
     except Exception as err:  # any failure to load is this column's skip reason
@@ -410,6 +393,9 @@ def worker_main(connection: Any, spec: EngineSpec) -> None:
         if message[0] == "stop":
             return
         try:
+            if message[0] == "profile":
+                connection.send(("ok", engine.profile(message[1])))
+                continue
             result = engine.run(message[1])
             result["peak_memory_bytes"] = peak_memory_bytes(spec.device)
             connection.send(("ok", result))

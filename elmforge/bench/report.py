@@ -8,8 +8,10 @@ Every rate is reported as its median over the repeats with the min, max and spre
 - generation tokens/s = batch x (generate - 1) / time from the first to the last token;
 - weight bytes per step: what one decode step reads (every weight once; one embedding row unless
   the embedding is also the output head), per generated token that over the batch;
-- bandwidth = weight bytes per step x steps/s; roofline fraction = that over the bandwidth of
-  the roofline probe measured in the same turns.
+- bandwidth = weight bytes per step x steps/s; roofline fraction = that over the roof the
+  probe (:mod:`elmforge.bench.roofline`: the best of STREAM-style read, triad, copy and GEMV
+  loops with the run's threads) measured in the same turns. A fraction above 1.0 means the probe
+  missed the machine's ceiling: it is flagged as a probe problem, not printed as a figure.
 """
 
 from __future__ import annotations
@@ -66,16 +68,14 @@ def build_payload(
     model: dict[str, Any],
     infos: dict[tuple[str, str], dict],
     samples: list[dict],
-    roof_bytes: int,
     skipped: list[dict],
+    profile: list[dict] | None = None,
 ) -> dict[str, Any]:
     prompt, generate = config["prompt"], config["generate"]
     roof_samples = [s for s in samples if s["label"] == "roofline"]
     roof_by_group: dict[tuple[str, int], list[float]] = {}
     for s in roof_samples:
-        roof_by_group.setdefault((s["dtype"], s["batch"]), []).append(
-            roof_bytes / s["seconds"] / 1e9
-        )
+        roof_by_group.setdefault((s["dtype"], s["batch"]), []).append(s["roof_gb_s"])
     all_roofs = [v for values in roof_by_group.values() for v in values]
     rows = []
     groups: dict[tuple[str, str, int], list[dict]] = {}
@@ -103,6 +103,7 @@ def build_payload(
                 "bandwidth_gb_s": bandwidth,
                 "roofline_gb_s": roof,
                 "roofline_fraction": bandwidth["median"] / roof,
+                "above_roofline": bandwidth["median"] > roof,
                 "warmup_s": info.get("warmup_s"),
             }
         )
@@ -111,15 +112,28 @@ def build_payload(
         "environment": _environment(config["threads"]),
         "config": {k: v for k, v in config.items() if k != "skipped"},
         "model": model,
-        "roofline": {
-            "method": f"threaded float32 matrix-vector products over {config['roofline_mib']} MiB",
-            "gb_s": stats(all_roofs) if all_roofs else None,
-        },
+        "roofline": _roofline_summary(roof_samples, all_roofs, config["roofline_mib"]),
         "rows": rows,
         "skipped": skipped,
+        "profile": profile,
     }
     payload["targets"] = targets(rows)
     return payload
+
+
+def _roofline_summary(samples: list[dict], roofs: list[float], mib: int) -> dict[str, Any]:
+    """The roof (best method per turn), each method's figures and the single-thread read."""
+    methods: dict[str, list[float]] = {}
+    for s in samples:
+        for name, value in s["methods_gb_s"].items():
+            methods.setdefault(name, []).append(value)
+    single = [s["single_thread_read_gb_s"] for s in samples if s.get("single_thread_read_gb_s")]
+    return {
+        "method": f"best of STREAM-style read/triad/copy and float32 GEMV loops over {mib} MiB",
+        "gb_s": stats(roofs) if roofs else None,
+        "methods_gb_s": {name: stats(values) for name, values in methods.items()},
+        "single_thread_read_gb_s": stats(single) if single else None,
+    }
 
 
 def _row(rows: list[dict], engine: str, dtype: str, batch: int) -> dict | None:
@@ -194,7 +208,6 @@ def _fmt(s: dict[str, float], scale: float = 1.0, digits: int = 1) -> str:
 
 def markdown(payload: dict[str, Any]) -> str:
     config, env = payload["config"], payload["environment"]
-    roof = payload["roofline"]["gb_s"]
     lines = [
         f"# elmforge bench: {payload['model']['source']}",
         "",
@@ -204,7 +217,7 @@ def markdown(payload: dict[str, Any]) -> str:
         f"elmforge kernels: {env['elmforge_kernels']}. Medians of {config['repeats']} "
         "interleaved repeats, (min-max) in brackets.",
         "",
-        f"Memory roofline (same run): {_fmt(roof)} GB/s." if roof else "",
+        _roofline_line(payload["roofline"]),
         "",
         "| engine | dtype | batch | prompt tok/s | generation tok/s | TTFT ms | peak MB "
         "| weights/token MB | GB/s | of roof |",
@@ -216,17 +229,49 @@ def markdown(payload: dict[str, Any]) -> str:
             f"| {_fmt(r['prompt_tokens_per_s'])} | {_fmt(r['generation_tokens_per_s'])} "
             f"| {_fmt(r['time_to_first_token_s'], 1e3, 0)} | {r['peak_memory_bytes'] / 2**20:.0f} "
             f"| {r['weight_bytes_per_generated_token'] / 1e6:.3g} | {_fmt(r['bandwidth_gb_s'])} "
-            f"| {r['roofline_fraction']:.2f} |"
+            f"| {_of_roof(r)} |"
         )
+    high = [r for r in payload["rows"] if r.get("above_roofline")]
+    if high:
+        lines += [
+            "",
+            "**Probe problem:** "
+            + ", ".join(
+                f"{r['engine']} {r['dtype']} batch {r['batch']} ({r['roofline_fraction']:.2f})"
+                for r in high
+            )
+            + " read weights faster than the roofline probe: the probe missed this machine's "
+            "ceiling (or the weights fit in a cache), so no fraction of roof is given for them.",
+        ]
     lines += ["", "## Targets", ""]
     for t in payload["targets"]:
         verdict = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
         value = "" if t["value"] is None else f" {t['value']:.2f}:"
         lines.append(f"- {t['target']}:{value} {verdict} ({t['detail']})")
+    if payload.get("profile"):
+        from elmforge.bench.profile import profile_markdown
+
+        lines += profile_markdown(payload["profile"])
     if payload["skipped"]:
         lines += ["", "## Skipped", ""]
         lines += [f"- {s['engine']} at {s['dtype']}: {s['reason']}" for s in payload["skipped"]]
     return "\n".join(lines) + "\n"
+
+
+def _of_roof(row: dict) -> str:
+    return "probe problem" if row.get("above_roofline") else f"{row['roofline_fraction']:.2f}"
+
+
+def _roofline_line(roofline: dict) -> str:
+    roof = roofline["gb_s"]
+    if not roof:
+        return ""
+    methods = ", ".join(
+        f"{name} {value['median']:.1f}" for name, value in roofline["methods_gb_s"].items()
+    )
+    single = roofline.get("single_thread_read_gb_s")
+    one = f"; one thread reads {single['median']:.1f} GB/s" if single else ""
+    return f"Memory roofline (same run, best loop per turn): {_fmt(roof)} GB/s ({methods}){one}."
 
 
 def bar_chart(payload: dict[str, Any], path: Path) -> None:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.bench.engines import EngineSpec, silent_log, worker_main
-from elmforge.errors import ElmforgeError, first_line
+from elmforge.errors import CheckpointError, ElmforgeError, first_line
+from elmforge.layout import resolve_model_dir
 from elmforge.model.uniform import uniform_twin
 
 BENCH_DTYPES = ("fp32", "bf16", "fp16", "int8", "int4")
@@ -65,6 +66,8 @@ class BenchConfig:
     seed: int = 0
     roofline_mib: int = 1024
     """Size of the roofline probe's weights: must be far larger than the CPU's caches."""
+    profile: bool = False
+    """Also split a prefill and a decode step of each elmforge engine (``bench.profile``)."""
     force: bool = False
     skipped: list[dict[str, str]] = field(default_factory=list)
 
@@ -109,12 +112,13 @@ def _model_dir(config: BenchConfig, work: Path, log: Callable[[str], None]) -> t
     from elmforge.model.config import PRESETS
 
     given = Path(config.model).expanduser()
-    if given.is_dir():
-        if not (given / "config.json").is_file():
-            raise ElmforgeError(f"{given}: not a model directory (no config.json)")
-        return given, str(given)
+    if given.exists():
+        # Like every verb: a model directory, a run's final/, a checkpoint's model/, or the same
+        # one-line CheckpointError.
+        model_dir = resolve_model_dir(given)
+        return model_dir, str(model_dir)
     if config.model.lower() not in {name.lower() for name in PRESETS}:
-        raise ElmforgeError(
+        raise CheckpointError(
             f"{config.model}: neither a model directory nor a preset ({', '.join(PRESETS)})"
         )
     from elmforge.model.config import OpenELMConfig
@@ -239,6 +243,10 @@ class Worker:
         self.connection.send(("run", tokens))
         return self.receive(RUN_TIMEOUT_S)
 
+    def profile(self, tokens: list[list[int]]) -> tuple[str, Any]:
+        self.connection.send(("profile", tokens))
+        return self.receive(RUN_TIMEOUT_S)
+
     def stop(self) -> None:
         with contextlib.suppress(OSError):  # the worker may be gone already
             self.connection.send(("stop",))
@@ -263,8 +271,10 @@ def measure(
     roofline: Worker,
     prompts: dict[int, list[list[int]]],
     log: Callable[[str], None],
+    profiles: list[dict] | None = None,
 ) -> tuple[dict[str, dict], list[dict]]:
-    """Load the engines, then time them in turns. Returns (load info by label, samples)."""
+    """Load the engines, then time them in turns (then profile elmforge's, if ``profiles`` is a
+    list to append to). Returns (load info by label, samples)."""
     workers = [Worker(spec) for spec in specs]
     info: dict[str, dict] = {}
     live: list[Worker] = []
@@ -312,10 +322,29 @@ def measure(
                     f"  {dtype} batch {batch} repeat {repeat}/{config.repeats}"
                     f"{' (warm-up)' if not repeat else ''}: {elapsed:.0f} s, ETA {eta:.0f} s"
                 )
+        if profiles is not None:
+            _profile(live, dtype, prompts[min(config.batches)], profiles, log)
     finally:
         for worker in live:
             worker.stop()
     return info, samples
+
+
+def _profile(
+    live: list[Worker], dtype: str, tokens: list[list[int]], profiles: list[dict], log: Callable
+) -> None:
+    """One profiled ``generate`` per elmforge engine (after the timed turns: the profiler's cost
+    never touches the rates)."""
+    for worker in live:
+        if worker.spec.engine != "elmforge" or worker.spec.variant != "openelm":
+            continue
+        log(f"  profiling {worker.spec.label} ({dtype})")
+        status, answer = worker.profile(tokens)
+        if status == "ok":
+            profiles.append({"engine": worker.spec.label, "dtype": dtype,
+                             "batch": len(tokens), **answer})  # fmt: skip
+        else:
+            profiles.append({"engine": worker.spec.label, "dtype": dtype, "error": answer})
 
 
 def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -331,7 +360,7 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
 
         cpu_kernels.load_kernels()  # built once here, not by several workers at a time
     local = Path(config.model).expanduser()
-    out = claim_output(config.out, "bench", config.force, inputs=(local,) if local.is_dir() else ())
+    out = claim_output(config.out, "bench", config.force, inputs=(local,) if local.exists() else ())
     with tempfile.TemporaryDirectory(prefix="elmforge-bench-") as tmp:
         work = Path(tmp)
         model_dir, source = _model_dir(config, work, log)
@@ -359,14 +388,14 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
         status, answer = roofline.receive(LOAD_TIMEOUT_S)
         if status != "ok":
             raise ElmforgeError(f"the roofline probe could not start: {answer}")
-        roof_bytes = answer["weight_bytes_per_step"]
         infos: dict[tuple[str, str], dict] = {}
         samples: list[dict] = []
+        profiles: list[dict] | None = [] if config.profile else None
         try:
             for dtype in config.dtypes:
                 log(f"{dtype}: preparing engines")
                 specs = plan_engines(config, dtype, model_dir, uniform_dir, work)
-                info, measured = measure(config, dtype, specs, roofline, prompts, log)
+                info, measured = measure(config, dtype, specs, roofline, prompts, log, profiles)
                 infos.update({(label, dtype): value for label, value in info.items()})
                 samples += measured
         finally:
@@ -378,8 +407,8 @@ def run_bench(config: BenchConfig, log: Callable[[str], None] = print) -> dict[s
                    if uniform_dir else None},
             infos=infos,
             samples=samples,
-            roof_bytes=roof_bytes,
             skipped=config.skipped,
+            profile=profiles,
         )  # fmt: skip
     with atomic_directory(out, verb="bench") as staging:
         write_reports(payload, staging)

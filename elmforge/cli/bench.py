@@ -52,6 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--roofline-mib", type=int, default=1024,
         help="weights the bandwidth probe reads; keep it far above the CPU caches (1024)",
     )  # fmt: skip
+    p.add_argument(
+        "--profile", action="store_true",
+        help="also split a prefill and a decode step of each elmforge engine: products (GB/s "
+        "per weight shape, GFLOP/s against the measured peak), attention, elementwise, dispatch",
+    )  # fmt: skip
     p.add_argument("--out", help="output directory (default: runs/bench/<model name>)")
     p.add_argument("--force", action="store_true", help="replace an earlier bench output")
     p.set_defaults(run=run)
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         seed=args.seed,
         roofline_mib=args.roofline_mib,
+        profile=args.profile,
         force=args.force,
     )
     payload = run_bench(config)

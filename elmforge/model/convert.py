@@ -189,7 +189,7 @@ def load_pretrained(
     config = read_openelm_config(model_dir)
     if not any(model_dir.glob("*.safetensors")) and not any(model_dir.glob("*.bin")):
         raise CheckpointError(f"{model_dir}: no model weights (*.safetensors)")
-    _check_safetensors(model_dir)
+    check_safetensors(model_dir)
     try:
         model, info = OpenELMForCausalLM.from_pretrained(
             model_dir, config=config, dtype=dtype or "auto", output_loading_info=True
@@ -202,7 +202,7 @@ def load_pretrained(
     return model.to(device).eval()
 
 
-def _check_safetensors(model_dir: Path) -> None:
+def check_safetensors(model_dir: Path) -> None:
     """Catch truncated or corrupt safetensors files with a clear message before loading."""
     from safetensors import safe_open
 

@@ -33,6 +33,9 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode_linear.cpp"
+SOURCES = (SOURCE, SOURCE.with_name("decode_fused.cpp"), SOURCE.with_name("stream_probe.cpp"))
+"""The extension's files: the decode products and norms, the fused attention prologue, and the
+roofline's streaming probes."""
 MAX_ROWS = 8
 """The kernels take 1 to 8 rows: one new token for each of up to 8 sequences."""
 ENV_SWITCH = "ELMFORGE_KERNELS"
@@ -56,7 +59,8 @@ def _cpu_flags() -> str:
 def extension_name() -> str:
     """A name that changes with the source, the CPU and torch, so no stale build is reused."""
     digest = hashlib.sha256()
-    digest.update(SOURCE.read_bytes())
+    for source in (*SOURCES, SOURCE.with_name("rms_row.h")):
+        digest.update(source.read_bytes())
     digest.update(_cpu_flags().encode())
     digest.update(torch.__version__.encode())
     return f"elmforge_decode_{digest.hexdigest()[:12]}"
@@ -75,7 +79,7 @@ def _build() -> tuple[bool, str]:
         log.info("building elmforge's CPU decode kernels (once per machine, about a minute)")
         load(
             name=name,
-            sources=[str(SOURCE)],
+            sources=[str(source) for source in SOURCES],
             extra_cflags=["-O3", "-march=native", "-fopenmp"],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
@@ -179,6 +183,48 @@ def norm_usable_for(x: torch.Tensor) -> bool:
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``F.rms_norm(x, weight.shape, weight, eps)`` computed in float32, in one op."""
     return torch.ops.elmforge.rms_norm(x, weight, eps)
+
+
+def qkv_rope_usable_for(x: torch.Tensor) -> bool:
+    """Whether the attention prologue of a decode step can be the fused kernel: CPU, at most
+    ``MAX_ROWS`` rows, no gradient, not inside ``torch.compile`` (inductor fuses it there)."""
+    if (
+        x.device.type != "cpu"
+        or x.shape[0] * x.shape[1] > MAX_ROWS
+        or torch.is_grad_enabled()
+        or torch.compiler.is_compiling()
+    ):
+        return False
+    return load_kernels()
+
+
+def qkv_rope(
+    qkv: torch.Tensor,
+    q_weight: torch.Tensor | None,
+    k_weight: torch.Tensor | None,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    eps: float,
+    num_q_heads: int,
+    num_kv_heads: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From the qkv product (B, S, H + 2K, D) to queries (B, H, S, D), keys and values
+    (B, K, S, D): per-head RMSNorm of queries and keys, RoPE, the transposes, in one op with
+    the eager path's arithmetic (bit-identical)."""
+    return torch.ops.elmforge.qkv_rope(
+        qkv, q_weight, k_weight, cos, sin, eps, num_q_heads, num_kv_heads
+    )
+
+
+def stream_read(buffer: torch.Tensor) -> float:
+    """The sum of a contiguous float32 CPU buffer, read by every ATen thread in one slice each
+    (the roofline probe's read loop)."""
+    return torch.ops.elmforge.stream_read(buffer)
+
+
+def stream_triad(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, s: float) -> None:
+    """``a = b + s * c`` in place with cache-bypassing stores (STREAM's triad)."""
+    torch.ops.elmforge.stream_triad(a, b, c, s)
 
 
 def linear_decode(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

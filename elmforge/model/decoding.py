@@ -22,6 +22,7 @@ the model (``chat``, ``serve`` and ``bench``'s compiled engine do that at start-
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -156,11 +157,20 @@ def decode_defaults(
 
 @torch.inference_mode()
 def warm_up_decode(
-    model: Any, batch_sizes: tuple[int, ...] = (1,), lengths: tuple[int, ...] = (256,)
+    model: Any,
+    batch_sizes: tuple[int, ...] = (1,),
+    lengths: tuple[int, ...] = (256,),
+    compare: bool = True,
 ) -> None:
     """Compile the decode step now for these batch sizes and cache buckets, and mark the model
     so ``generate`` uses it from then on (``decode_compile="auto"``). Long-lived processes
-    (chat, serve, bench) call this at start-up so no request waits for the compiler."""
+    (chat, serve, bench) call this at start-up so no request waits for the compiler.
+
+    On the CPU with ``decode_compile="auto"`` and ``compare`` (the default), the compiled step
+    is then timed against the eager one on this machine and kept only if it is faster: whether
+    inductor's code beats eager elmforge kernels depends on the CPU (on an AMD Zen 5 the compiled
+    bf16 step lost 17%, issue 19; on the Xeon it gains a few %). ``model.decode_choice`` says
+    what was measured and chosen."""
     if compile_setting(model) == "off":
         return
     model._decode_warmed_up = True
@@ -178,3 +188,57 @@ def warm_up_decode(
                 do_sample=False,
                 pad_token_id=0,
             )
+    if compare and compile_setting(model) == "auto" and model.device.type == "cpu":
+        _keep_the_faster_step(model, min(batch_sizes), cache_bucket(max(lengths)))
+
+
+COMPARE_NEW_TOKENS = 12
+
+
+def time_decode_step(
+    model: Any, prompt: torch.Tensor, new_tokens: int, repeats: int = 2, **kwargs: Any
+) -> float | None:
+    """Seconds per decode step of a greedy ``model.generate(prompt)`` of ``new_tokens`` tokens
+    (the best of ``repeats`` calls; ``kwargs`` go to ``generate``), None if it gave no timings
+    (a stand-in ``generate``)."""
+    stamps: list[float] = []
+
+    class Stamps:
+        def put(self, value: Any) -> None:
+            stamps.append(time.perf_counter())
+
+        def end(self) -> None:
+            pass
+
+    best = None
+    for _ in range(repeats):
+        stamps.clear()
+        model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                       min_new_tokens=new_tokens, do_sample=False, pad_token_id=0,
+                       streamer=Stamps(), **kwargs)  # fmt: skip
+        if len(stamps) < 4:
+            return None
+        step = (stamps[-1] - stamps[1]) / (len(stamps) - 2)  # stamps[0] is the prompt
+        best = step if best is None else min(best, step)
+    return best
+
+
+def _mean_decode_step(model: Any, batch: int, bucket: int) -> float | None:
+    prompt = torch.full((batch, 4), 3, device=model.device)
+    return time_decode_step(model, prompt, COMPARE_NEW_TOKENS, max_cache_len=bucket)
+
+
+def _keep_the_faster_step(model: Any, batch: int, bucket: int) -> None:
+    compiled = _mean_decode_step(model, batch, bucket)
+    model._decode_warmed_up = False
+    eager = _mean_decode_step(model, batch, bucket)
+    if compiled is None or eager is None:
+        model._decode_warmed_up = True
+        model.decode_choice = "compiled (not timed)"
+        return
+    model._decode_warmed_up = compiled < eager
+    chosen = "compiled" if model._decode_warmed_up else "eager"
+    model.decode_choice = (
+        f"{chosen}: compiled {compiled * 1e3:.1f} ms vs eager {eager * 1e3:.1f} ms per step "
+        f"(batch {batch}, measured at warm-up)"
+    )

@@ -174,6 +174,23 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         self.out_proj = OpenELMLinear(self.num_q_heads * hd, d, bias=False)
         self.out_proj.is_residual_projection = True  # CoreNet draws it with a smaller std
 
+    def split_rotate(
+        self, qkv: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, S, H + 2K, D) to queries (B, H, S, D), keys and values (B, K, S, D): per-head
+        RMSNorm of queries and keys, then RoPE (``cpu_kernels.qkv_rope`` in one op)."""
+        queries, keys, values = qkv.split(
+            [self.num_q_heads, self.num_kv_heads, self.num_kv_heads], dim=2
+        )  # (B, S, H|K|K, D)
+        if self.q_norm is not None:  # one rotation for queries and keys together (fewer ops)
+            queries_keys = torch.cat([self.q_norm(queries), self.k_norm(keys)], dim=2)
+        else:
+            queries_keys = qkv[:, :, : self.num_q_heads + self.num_kv_heads]
+        queries, keys = apply_rotary(queries_keys, *rope).split(
+            [self.num_q_heads, self.num_kv_heads], dim=2
+        )
+        return tuple(t.transpose(1, 2) for t in (queries, keys, values))
+
     def forward(
         self,
         hidden_states: torch.Tensor,
@@ -185,17 +202,14 @@ class OpenELMMultiHeadCausalAttention(nn.Module):
         qkv = self.qkv_proj(hidden_states).view(
             batch, seq_len, self.num_q_heads + 2 * self.num_kv_heads, self.head_dim
         )
-        queries, keys, values = qkv.split(
-            [self.num_q_heads, self.num_kv_heads, self.num_kv_heads], dim=2
-        )  # (B, S, H|K|K, D)
-        if self.q_norm is not None:  # one rotation for queries and keys together (fewer ops)
-            queries_keys = torch.cat([self.q_norm(queries), self.k_norm(keys)], dim=2)
+        if cpu_kernels.qkv_rope_usable_for(qkv):  # a CPU decode step: ~15 small ops as one
+            norms = self.q_norm is not None
+            queries, keys, values = cpu_kernels.qkv_rope(
+                qkv, self.q_norm.weight if norms else None, self.k_norm.weight if norms else None,
+                *rope, self.q_norm.eps if norms else 0.0, self.num_q_heads, self.num_kv_heads,
+            )  # fmt: skip
         else:
-            queries_keys = qkv[:, :, : self.num_q_heads + self.num_kv_heads]
-        queries, keys = apply_rotary(queries_keys, *rope).split(
-            [self.num_q_heads, self.num_kv_heads], dim=2
-        )
-        queries, keys, values = (t.transpose(1, 2) for t in (queries, keys, values))  # (B, *, S, D)
+            queries, keys, values = self.split_rotate(qkv, rope)  # (B, *, S, D)
         if past_key_values is not None:
             keys, values = past_key_values.update(keys, values, self.layer_idx)  # (B, K, T, D)
         # No mask and a multi-token query means a plain causal prefill: let SDPA pick flash.

@@ -97,13 +97,32 @@ def load_model(
     :func:`load`."""
     resolved_device = pick_device(device)
     quantization = dtype if dtype in QUANTIZED_DTYPES else None
+    model_dir = local_model_dir(path_or_name)
+    if quantization and _loads_quantized(model_dir):
+        return _load_quantized(model_dir, quantization, resolved_device)
     model = _load_weights(
-        local_model_dir(path_or_name),
+        model_dir,
         str(path_or_name),
         "cpu" if quantization else resolved_device,
         resolve_dtype(dtype, resolved_device),
     )
     return _quantized(model, quantization, resolved_device)
+
+
+def _loads_quantized(model_dir: Path | None) -> bool:
+    """Whether int8/int4 can load tensor by tensor (an OpenELM directory of safetensors files),
+    without the float32 model in memory first."""
+    return (
+        model_dir is not None
+        and _is_openelm_dir(model_dir)
+        and any(model_dir.glob("*.safetensors"))
+    )
+
+
+def _load_quantized(model_dir: Path, quantization: str, device: str) -> Any:
+    from elmforge.model.quant_load import load_quantized_pretrained
+
+    return load_quantized_pretrained(model_dir, quantization, device)
 
 
 def _quantized(model: Any, quantization: str | None, device: str) -> Any:
@@ -221,15 +240,21 @@ def load(
     torch_dtype = resolve_dtype(dtype, resolved_device)
     quantization = dtype if dtype in QUANTIZED_DTYPES else None
     # An adapter is merged into the float weights; quantisation (if asked) comes after the merge.
-    model = _load_weights(
-        model_dir, str(path_or_name), "cpu" if quantization else resolved_device, torch_dtype
-    )
+    # Without an adapter, int8/int4 load tensor by tensor (no float32 model in memory).
+    direct = quantization is not None and adapter is None and _loads_quantized(model_dir)
+    if direct:
+        model = _load_quantized(model_dir, quantization, resolved_device)
+    else:
+        model = _load_weights(
+            model_dir, str(path_or_name), "cpu" if quantization else resolved_device, torch_dtype
+        )
     check_tokenizer_fits(tokenizer, model, str(path_or_name))
     adapter_dir = None
     if adapter is not None:
         adapter_dir = Path(adapter)
         model = apply_adapter(model, adapter_dir)
-    model = _quantized(model, quantization, resolved_device)
+    if not direct:
+        model = _quantized(model, quantization, resolved_device)
     return LoadedModel(
         model=model,
         tokenizer=tokenizer,

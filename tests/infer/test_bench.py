@@ -21,6 +21,7 @@ ROW_FIELDS = {
     "engine", "dtype", "format", "batch", "prompt_tokens_per_s", "generation_tokens_per_s",
     "time_to_first_token_s", "peak_memory_bytes", "weight_bytes_per_step",
     "weight_bytes_per_generated_token", "bandwidth_gb_s", "roofline_gb_s", "roofline_fraction",
+    "above_roofline",
     "warmup_s",
 }  # fmt: skip
 STATISTICS = ("prompt_tokens_per_s", "generation_tokens_per_s", "time_to_first_token_s",

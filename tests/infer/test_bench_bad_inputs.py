@@ -7,19 +7,14 @@ import json
 import subprocess
 
 import pytest
-import torch
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
 from elmforge.cli.main import main
 from tests.cli_support import assert_clean_error, run_elmforge, tree_snapshot
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("micro")
-    torch.manual_seed(0)
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(directory)
-    return directory
+def model_dir(micro_dir):
+    return micro_dir
 
 
 def in_process(capsys, *args) -> subprocess.CompletedProcess:
@@ -104,3 +99,27 @@ def test_outputs_that_must_not_be_replaced(model_dir, tmp_path, capsys):
 def test_a_real_process_fails_the_same_way(model_dir, tmp_path):
     proc = run_elmforge("bench", model_dir, "--dtype", "fp8", "--out", tmp_path / "out")
     assert_clean_error(proc, "--dtype", "fp8")
+
+
+def test_model_resolves_like_every_verb(model_dir, tmp_path, capsys):
+    # A run directory means its final/, a checkpoint step its model/ (elmforge.layout), and a run
+    # without final/ is the same one-line CheckpointError as in generate or evaluate.
+    import shutil
+
+    from elmforge.bench.run import BenchConfig, _model_dir
+    from elmforge.errors import CheckpointError
+
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-00000010").mkdir(parents=True)
+    (run / "config.yaml").write_text("model: {}\n")
+    shutil.copytree(model_dir, run / "checkpoints" / "step-00000010" / "model")
+    proc = in_process(capsys, "bench", run, "--out", tmp_path / "out")
+    assert_clean_error(proc, str(run), "no finished model (final/)", "step-00000010")
+    step = run / "checkpoints" / "step-00000010"
+    found, _ = _model_dir(BenchConfig(model=str(step), out=tmp_path / "o"), tmp_path, print)
+    assert found == step / "model"
+    shutil.copytree(model_dir, run / "final")
+    found, source = _model_dir(BenchConfig(model=str(run), out=tmp_path / "o"), tmp_path, print)
+    assert found == run / "final" and source == str(run / "final")
+    with pytest.raises(CheckpointError, match="neither a model directory nor a preset"):
+        _model_dir(BenchConfig(model="OpenELM-9T", out=tmp_path / "o"), tmp_path, print)

@@ -35,6 +35,8 @@
 #include <utility>
 #include <vector>
 
+#include "rms_row.h"
+
 #if defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define ELMFORGE_AVX512 1
@@ -465,12 +467,7 @@ void rms_rows(const In* x, const W* weight, In* out, int64_t rows, int64_t D, fl
   at::parallel_for(0, rows, 256, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const In* row = x + i * D;
-      float squares = 0.0f;
-      for (int64_t d = 0; d < D; ++d) {
-        const float v = static_cast<float>(row[d]);
-        squares += v * v;
-      }
-      const float inverse = 1.0f / std::sqrt(squares / static_cast<float>(D) + eps);
+      const float inverse = elmforge::rms_inverse(row, D, eps);
       for (int64_t d = 0; d < D; ++d)
         out[i * D + d] = static_cast<In>(static_cast<float>(row[d]) * inverse *
                                          static_cast<float>(weight[d]));

@@ -1,0 +1,109 @@
+// The attention block's small ops of a decode step in one pass (issue 19): from the qkv
+// product's output to queries, keys and values ready for attention. In PyTorch this is about 15
+// ops per layer (view, split, two RMSNorms, cat, RoPE's float cast, roll, two products, add, cast
+// back, split, three transposes), each a dispatch of a few microseconds on tensors of a few KB:
+// ~1.5-2 ms of a 30-50 ms OpenELM-270M token on the CPU. Used by eager decode steps only
+// (inductor fuses the same ops in the compiled step).
+//
+// The arithmetic is the eager path's, in the same order, so the results are bit-identical to it:
+// RMSNorm as elmforge::rms_norm (float32 sum of squares in order, rounded to the input dtype),
+// then RoPE in float32 as x * cos + roll(x, D/2) * sin with each product rounded before the
+// add (no fused multiply-add: this function is compiled with -ffp-contract=off), rounded to the
+// input dtype. Tested against the plain path in tests/infer/test_speed_paths.py.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <tuple>
+#include <vector>
+
+#include "rms_row.h"
+
+namespace {
+
+template <class T>
+__attribute__((optimize("fp-contract=off"))) void norm_rotate_row(
+    const T* x, const T* weight, const float* cos, const float* sin, int64_t D, float eps,
+    float* scratch, T* out) {
+  if (weight) {  // RMSNorm, rounded to T as the separate op's output is
+    const float inverse = elmforge::rms_inverse(x, D, eps);
+    for (int64_t d = 0; d < D; ++d)
+      scratch[d] = static_cast<float>(
+          static_cast<T>(static_cast<float>(x[d]) * inverse * static_cast<float>(weight[d])));
+  } else {
+    for (int64_t d = 0; d < D; ++d) scratch[d] = static_cast<float>(x[d]);
+  }
+  const int64_t half = D / 2;
+  for (int64_t d = 0; d < D; ++d) {
+    const float direct = scratch[d] * cos[d];
+    const float rolled = scratch[(d + half) % D] * sin[d];
+    out[d] = static_cast<T>(direct + rolled);
+  }
+}
+
+// qkv: (B, S, H + 2K, D) contiguous; cos/sin: (B, S, 1, D) float32; q_weight/k_weight: (D,) or
+// undefined (no query/key norms). Returns q (B, H, S, D), k (B, K, S, D), v (B, K, S, D).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_rope(
+    const at::Tensor& qkv_in, const c10::optional<at::Tensor>& q_weight_in,
+    const c10::optional<at::Tensor>& k_weight_in, const at::Tensor& cos_in,
+    const at::Tensor& sin_in, double eps, int64_t H, int64_t K) {
+  TORCH_CHECK(qkv_in.device().is_cpu() && qkv_in.dim() == 4, "qkv must be (B, S, H + 2K, D)");
+  const at::Tensor qkv = qkv_in.contiguous();
+  const int64_t B = qkv.size(0), S = qkv.size(1), T = qkv.size(2), D = qkv.size(3);
+  TORCH_CHECK(T == H + 2 * K && D % 2 == 0, "qkv has ", T, " heads, expected ", H + 2 * K);
+  const at::Tensor cos = cos_in.to(at::kFloat).expand({B, S, 1, D}).contiguous();
+  const at::Tensor sin = sin_in.to(at::kFloat).expand({B, S, 1, D}).contiguous();
+  const bool norms = q_weight_in.has_value() && q_weight_in->defined();
+  at::Tensor q = at::empty({B, H, S, D}, qkv.options());
+  at::Tensor k = at::empty({B, K, S, D}, qkv.options());
+  at::Tensor v = at::empty({B, K, S, D}, qkv.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, qkv.scalar_type(), "qkv_rope", [&] {
+    using T_ = scalar_t;
+    at::Tensor qw, kw;
+    if (norms) {
+      qw = q_weight_in->to(qkv.scalar_type()).contiguous();
+      kw = k_weight_in->to(qkv.scalar_type()).contiguous();
+    }
+    const T_* src = qkv.data_ptr<T_>();
+    const float* cp = cos.data_ptr<float>();
+    const float* sp = sin.data_ptr<float>();
+    T_* qp = q.data_ptr<T_>();
+    T_* kp = k.data_ptr<T_>();
+    T_* vp = v.data_ptr<T_>();
+    std::vector<float> scratch(D);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t s = 0; s < S; ++s) {
+        const T_* row = src + ((b * S + s) * T) * D;
+        const float* c = cp + (b * S + s) * D;
+        const float* n = sp + (b * S + s) * D;
+        for (int64_t t = 0; t < T; ++t) {
+          const T_* x = row + t * D;
+          if (t < H) {
+            norm_rotate_row<T_>(x, norms ? qw.data_ptr<T_>() : nullptr, c, n, D,
+                                static_cast<float>(eps), scratch.data(),
+                                qp + ((b * H + t) * S + s) * D);
+          } else if (t < H + K) {
+            norm_rotate_row<T_>(x, norms ? kw.data_ptr<T_>() : nullptr, c, n, D,
+                                static_cast<float>(eps), scratch.data(),
+                                kp + ((b * K + (t - H)) * S + s) * D);
+          } else {
+            std::copy(x, x + D, vp + ((b * K + (t - H - K)) * S + s) * D);
+          }
+        }
+      }
+  });
+  return {q, k, v};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(elmforge, m) {
+  m.def(
+      "qkv_rope(Tensor qkv, Tensor? q_weight, Tensor? k_weight, Tensor cos, Tensor sin, "
+      "float eps, int num_q_heads, int num_kv_heads) -> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(elmforge, CPU, m) { m.impl("qkv_rope", &qkv_rope); }
