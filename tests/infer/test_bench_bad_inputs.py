@@ -7,6 +7,7 @@ import json
 import subprocess
 
 import pytest
+import torch
 
 from elmforge.cli.main import main
 from tests.cli_support import assert_clean_error, run_elmforge, tree_snapshot
