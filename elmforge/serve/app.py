@@ -26,6 +26,14 @@ from starlette.requests import ClientDisconnect
 
 from elmforge.errors import ElmforgeError
 from elmforge.serve.guards import client_gone, refuse_invalid_text
+from elmforge.serve.metrics import ServeMetrics
+from elmforge.serve.operations import (
+    JOBS_KEY,
+    RequestLogMiddleware,
+    add_operation_routes,
+    needs_key,
+    stderr_log,
+)
 from elmforge.serve.protocol import APIError, Plan, ServeContext, parse_chat, parse_completion
 from elmforge.serve.responses import ChatFormat, CompletionFormat, ResponseFormat
 from elmforge.serve.scheduler import Job, QueueFullError, Scheduler
@@ -56,7 +64,7 @@ class GuardMiddleware:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         limit = self.settings.max_request_bytes
         authorized = self.settings.authorizes(headers.get("authorization"))
-        if scope["path"].startswith("/v1/") and not authorized:
+        if needs_key(scope["path"]) and not authorized:
             error = APIError(
                 401,
                 "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
@@ -108,8 +116,15 @@ async def wait_for_disconnect(request: Request) -> None:
 
 
 def build_app(
-    scheduler: Scheduler, context: ServeContext, tokenizer: Any, settings: ServerSettings
+    scheduler: Scheduler,
+    context: ServeContext,
+    tokenizer: Any,
+    settings: ServerSettings,
+    metrics: ServeMetrics | None = None,
 ) -> FastAPI:
+    metrics = metrics or ServeMetrics()
+    metrics.watch(scheduler.stats)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         scheduler.start()
@@ -122,6 +137,10 @@ def build_app(
         title="elmforge serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan
     )
     app.add_middleware(GuardMiddleware, settings=settings)
+    app.add_middleware(RequestLogMiddleware, metrics=metrics, log=stderr_log)  # outermost
+    add_operation_routes(
+        app, context, tokenizer, metrics, lambda r: read_json(r, settings.max_request_bytes)
+    )
     app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
     @app.exception_handler(APIError)
@@ -187,6 +206,7 @@ def build_app(
             )
             for i, prompt in enumerate(plan.prompts)
         ]
+        setattr(request.state, JOBS_KEY, jobs)  # for the request log
         answer_format = format_class(plan, jobs, settings.model_name, tokenizer)
         try:
             scheduler.submit(jobs)

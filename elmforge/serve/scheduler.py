@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -69,6 +70,8 @@ class Job:
     error: str | None = None
     cancelled: bool = False
     completion_tokens: int = 0
+    arrived: float = field(default_factory=time.monotonic)  # for time-to-first-token
+    last_token_at: float | None = None  # for inter-token latency
 
     def cancel(self) -> None:
         """Stop working on this job (its client left); safe from any thread."""
@@ -122,8 +125,10 @@ class Scheduler:
         max_queue: int = 256,
         draft_model: Any = None,
         prompt_lookup: int | None = None,
+        metrics: Any = None,
     ) -> None:
         self.model = model
+        self.metrics = metrics  # a serve.metrics.ServeMetrics, or None
         self.tokenizer = tokenizer
         self.device = str(next(model.parameters()).device)
         self.max_batch = max_batch
@@ -177,6 +182,7 @@ class Scheduler:
             "max_batch": self.max_batch,
             "generated_tokens": self.generated_tokens,
             "decode_steps": self.decode_steps,
+            "prefix_cache_bytes": 0,
         }
 
     # -- the model's thread ----------------------------------------------------------------
@@ -289,6 +295,8 @@ class Scheduler:
         self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
         logits = self._forward(ids, self._mask, self._cache, keep=1)[:, -1].float()
         self.decode_steps += 1
+        if self.metrics is not None:
+            self.metrics.decode_step(len(self._rows))
         self._advance(self._rows, logits)
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
@@ -301,6 +309,7 @@ class Scheduler:
             row.last_token = token
             job.generated.append(token)
             self.generated_tokens += 1
+            self._timed(job)
             entry = None
             if job.logprobs is not None:
                 scores = logprobs[wanted.index(i)]
@@ -320,6 +329,15 @@ class Scheduler:
                     piece += row.assembler.finish()
             if job.stream and (piece or entry is not None):
                 job._post("delta", (piece, entry))
+
+    def _timed(self, job: Job) -> None:
+        now = time.monotonic()
+        if self.metrics is not None:
+            if job.last_token_at is None:
+                self.metrics.first_token(job.arrived, now)
+            else:
+                self.metrics.next_token(job.last_token_at, now)
+        job.last_token_at = now
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor) -> list[int]:
         for i, row in enumerate(rows):  # vLLM's min_tokens: no end-of-sequence before it
@@ -377,6 +395,7 @@ class Scheduler:
         )
 
         def on_text(piece: str) -> None:
+            self._timed(job)  # per piece of text: assisted generation hands out no tokens
             if job.stream:
                 job._post("delta", (piece, None))
 

@@ -5,14 +5,20 @@ Light to import: numbers and the port are checked before torch, transformers and
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from elmforge.errors import OptionError
 from elmforge.serve.settings import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
+
+GRACE_SECONDS = 5  # how long running requests may finish after SIGTERM/SIGINT
 
 
 def is_loopback(host: str) -> bool:
@@ -92,6 +98,7 @@ def serve(
     from elmforge.infer.generate import load_generator
     from elmforge.modeldir.loading import context_length_of
     from elmforge.serve.app import build_app
+    from elmforge.serve.metrics import ServeMetrics
     from elmforge.serve.protocol import ServeContext
     from elmforge.serve.scheduler import Scheduler
 
@@ -121,6 +128,7 @@ def serve(
         render_chat=lambda messages: encode_rendered(tok, render_messages(tok, messages)),
         speculative=draft is not None or bool(prompt_lookup),
     )
+    metrics = ServeMetrics()
     scheduler = Scheduler(
         loaded.model,
         tok,
@@ -128,9 +136,10 @@ def serve(
         max_queue=max_queue,
         draft_model=draft,
         prompt_lookup=prompt_lookup,
+        metrics=metrics,
     )
     settings = ServerSettings(name, api_key=api_key, max_request_bytes=max_request_bytes)
-    app = build_app(scheduler, serve_context, tok, settings)
+    app = build_app(scheduler, serve_context, tok, settings, metrics)
     bound_host, bound_port = sock.getsockname()[:2]
     warning = exposure_warning(host, api_key)
     if warning:
@@ -144,9 +153,37 @@ def serve(
         + ")",
         flush=True,
     )
+    run_until_signalled(app, sock)
+
+
+def run_until_signalled(app: Any, sock: socket.socket) -> None:
+    """Run ``app`` on uvicorn until SIGTERM or SIGINT, then shut down gracefully: stop
+    accepting, give running requests ``GRACE_SECONDS`` to finish (then cancel them), stop the
+    scheduler, and return (the verb exits 0)."""
     import uvicorn
 
+    class GracefulServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn's own re-raises the signal once shut down, which would end the process
+            # with 143/130; a server that stopped cleanly on request has not failed.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            caught = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in caught}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
     config = uvicorn.Config(
-        app, log_level="warning", timeout_graceful_shutdown=5, lifespan="on", access_log=False
+        app,
+        log_level="warning",
+        timeout_graceful_shutdown=GRACE_SECONDS,
+        lifespan="on",
+        access_log=False,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    GracefulServer(config).run(sockets=[sock])
+    print("elmforge serve: stopped", file=sys.stderr, flush=True)
