@@ -10,6 +10,7 @@ a missing repository and an unreachable hub apart.
 from __future__ import annotations
 
 import functools
+import os
 import re
 
 from elmforge.errors import CheckpointError, first_line
@@ -31,7 +32,11 @@ def looks_like_a_path(spec: str) -> bool:
 
 
 def offline() -> bool:
-    """Whether ``HF_HUB_OFFLINE`` forbids the network."""
+    """Whether ``HF_HUB_OFFLINE`` forbids the network (as set now: huggingface_hub reads it once,
+    at import)."""
+    value = os.environ.get("HF_HUB_OFFLINE")
+    if value is not None:
+        return value.strip().upper() in ("1", "ON", "YES", "TRUE")
     from huggingface_hub import constants
 
     return bool(constants.is_offline_mode())

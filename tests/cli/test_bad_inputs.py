@@ -27,8 +27,8 @@ from tests.train.helpers import micro_run
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Outputs that no failed command may touch.
-PROTECTED = ("run", "run-config-dir", "run-broken", "averaged", "converted", "tok-out", "ev",
-             "mine", "linkdir", "file.txt", "model.pt")  # fmt: skip
+PROTECTED = ("run", "run-config-dir", "run-broken", "run-pickled", "averaged", "converted",
+             "tok-out", "ev", "mine", "linkdir", "file.txt", "model.pt")  # fmt: skip
 
 
 def _damage_model(model: Path, target: Path, how: str) -> Path:
@@ -83,9 +83,14 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from elmforge.model.profile import resolve_config
     from elmforge.modeldir.loading import load
     from elmforge.train import RunConfig, average_checkpoints, pretrain
-    from elmforge.train.checkpoint import list_checkpoints
+    from elmforge.train.checkpoint import list_checkpoints, sha256_file
 
     root = tmp_path_factory.mktemp("bad-inputs")
+
+    class Unsafe:  # unpickling this would call print: weights_only must refuse it
+        def __reduce__(self):
+            return (print, ("unpickled",))
+
     texts = list(itertools.islice(iter_texts({"name": "builtin:python-docs"}, "train"), 40))
     train_bpe_tokenizer(texts, 300, root / "tok")
     train_bpe_tokenizer(texts, 400, root / "tok-400")  # more tokens than the model's 320 rows
@@ -111,6 +116,16 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for checkpoint in list_checkpoints(root / "run-broken"):
         (checkpoint / "rng.pt").write_bytes(b"not a checkpoint")
 
+    # Every checkpoint's rng.pt replaced by a pickle, the manifest's digest updated to match:
+    # refused as unsafe (never unpickled), so no checkpoint is usable.
+    shutil.copytree(root / "run", root / "run-pickled")
+    for checkpoint in list_checkpoints(root / "run-pickled"):
+        torch.save({"state": Unsafe()}, checkpoint / "rng.pt")
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        manifest["files"]["rng.pt"] = {"size": (checkpoint / "rng.pt").stat().st_size,
+                                       "sha256": sha256_file(checkpoint / "rng.pt")}  # fmt: skip
+        (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
     # A link inside the run to a directory outside it: an output there would replace the link.
     (root / "run" / "outside").symlink_to(root / "mine", target_is_directory=True)
     average_checkpoints(list_checkpoints(root / "run"), root / "averaged")
@@ -121,10 +136,6 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "overwritten.pt").write_bytes(bytes(data))
     (root / "random.pt").write_bytes(os.urandom(4096))
 
-    class Unsafe:  # unpickling this would call print: weights_only must refuse it
-        def __reduce__(self):
-            return (print, ("unpickled",))
-
     torch.save({"model": {"token_embeddings.weight": torch.zeros(2, 2)}, "x": Unsafe()},
                root / "unsafe.pt")  # fmt: skip
     train_tokenizer_output(texts, 300, root / "tok-out")
@@ -133,6 +144,8 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Path:
     evaluate_model(loaded.model, loaded.tokenizer, request)
 
     (root / "file.txt").write_text("mine\n")
+    (root / "llm-data" / "boolq").mkdir(parents=True)  # only looked at, never scored
+    (root / "llm-data" / "boolq" / "test.json").write_text("[]")
     (root / "mine").mkdir()
     (root / "mine" / "notes.txt").write_text("mine\n")
     (root / "linkdir").mkdir()
@@ -179,6 +192,7 @@ INSPECT = ["data", "inspect", "run.yaml"]
 TOKENIZE = ["tokenizer", "train", "--data", "builtin:python-docs", "--max-documents", "5"]
 CORENET_270M = str(REPO_ROOT / "elmforge" / "configs" / "corenet" / "openelm_270M.yaml")
 EVALUATE = ["evaluate", M, "--perplexity", "builtin:python-docs", "--limit", "1"]
+LLM_ADAPTERS = ["evaluate", M, "--suite", "llm-adapters", "--data-dir", "llm-data"]
 
 # id -> (command line, what the error line must mention)
 CASES: dict[str, tuple[list[str], list[str]]] = {
@@ -259,6 +273,26 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "generate-tokenizer-too-big": (
         ["generate", M, "--tokenizer", "tok-400", "--prompt", "x"],
         ["tok-400", "400 tokens", "320"],
+    ),
+    "generate-stop-empty": (  # once silently ignored; the server refuses it too
+        ["generate", M, "--prompt", "x", "--stop", ""],
+        ["--stop", "must not be empty"],
+    ),
+    "generate-draft-and-prompt-lookup": (  # once one of the two was silently dropped
+        ["generate", M, "--prompt", "x", "--draft-model", M, "--prompt-lookup", "2"],
+        ["--prompt-lookup", "draft model", "give one"],
+    ),
+    "generate-path-typo": (  # looks like a path: no hub look-up, no retries
+        ["generate", "runs/nowhere/final", "--prompt", "x"],
+        ["runs/nowhere/final", "no such model directory"],
+    ),
+    "generate-hub-name-offline": (  # offline: the hub cache only, no retries
+        ["generate", "nosuch-org/nosuch-model", "--prompt", "x"],
+        ["nosuch-org/nosuch-model", "HF_HUB_OFFLINE"],
+    ),
+    "generate-draft-model-missing": (
+        ["generate", M, "--prompt", "x", "--draft-model", "./nowhere"],
+        ["nowhere", "no such model directory"],
     ),
     "generate-tokenizer-missing": (
         ["generate", M, "--tokenizer", "nowhere/tokenizer.model", "--prompt", "x"],
@@ -345,6 +379,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         ["run/outside", "belongs to the run"],
     ),
     "convert-no-direction": (["convert", "model.pt", NEW], ["convert"]),
+    "convert-peft-alpha-nan": (  # once written into adapter_config.json as NaN
+        ["convert", "corenet-peft-to-hf", "model.pt", NEW, "--name", M, "--lora-alpha", "nan"],
+        ["--lora-alpha nan", "positive finite"],
+    ),
+    "convert-peft-alpha-inf": (
+        ["convert", "corenet-peft-to-hf", "model.pt", NEW, "--name", M, "--lora-alpha", "inf"],
+        ["--lora-alpha inf", "positive finite"],
+    ),
     # -- data inspect --------------------------------------------------------------------------
     "data-max-documents-negative": ([*INSPECT, "--max-documents", "-1"], ["--max-documents"]),
     "data-samples-negative": ([*INSPECT, "--samples", "-1"], ["--samples"]),
@@ -460,6 +502,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
         [*RUN[:3], "--out", "run-config-dir"],
         ["run-config-dir/config.yaml", "directory"],
     ),
+    "resume-every-checkpoint-pickled": (  # refused as unsafe, never unpickled
+        [*RUN[:3], "--out", "run-pickled"],
+        ["run-pickled/checkpoints", "none of"],
+    ),
     "resume-every-checkpoint-broken": (
         [*RUN[:3], "--out", "run-broken"],
         ["run-broken/checkpoints", "none of"],
@@ -494,8 +540,25 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "average-shape-mismatch": (["average", M, "m-narrow", "--out", NEW], ["m-narrow"]),
     # -- evaluate ------------------------------------------------------------------------------
     "evaluate-out-file": ([*EVALUATE, "--out", "file.txt"], ["file.txt", "not a directory"]),
-    "evaluate-out-run": ([*EVALUATE, "--out", "run"], ["run", "run directory"]),
+    "evaluate-out-run": ([*EVALUATE, "--out", "run"], ["run", "must not contain the input"]),
     "evaluate-out-again": ([*EVALUATE, "--out", "ev"], ["ev", "--force"]),
+    "evaluate-out-run-force": (
+        [*EVALUATE, "--out", "run", "--force"],
+        ["run", "must not contain the input"],
+    ),
+    "evaluate-out-model-force": ([*EVALUATE, "--out", M, "--force"], [M]),
+    "evaluate-out-converted-force": (  # a model directory outside any run: the input itself
+        ["evaluate", "converted", *EVALUATE[2:], "--out", "converted", "--force"],
+        ["converted", "inside the input"],
+    ),
+    "evaluate-llm-adapters-out-run-force": (
+        [*LLM_ADAPTERS, "--out", "run", "--force"],
+        ["run", "must not contain the input"],
+    ),
+    "evaluate-tasks-empty-item": (
+        ["evaluate", M, "--tasks", "arc_easy,,piqa", "--out", NEW],
+        ["--tasks", "empty items"],
+    ),
     "evaluate-zero-shot-offline": (
         ["evaluate", M, "--suite", "zero-shot", "--out", NEW],
         ["--data-dir"],

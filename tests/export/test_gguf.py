@@ -334,3 +334,19 @@ def test_reading_a_gguf_releases_its_memory_map(sp_model, tmp_path):
     with pytest.raises(ElmforgeError, match="force replaces it") as caught:
         gguf_to_hf(path, tmp_path / "back")  # refused while the file is open
     assert caught.traceback and not mapped()
+
+
+def test_a_full_disk_keeps_the_previous_output(sp_model, tmp_path, monkeypatch):
+    """--force over an earlier GGUF on a full disk: one line, and the earlier file intact."""
+    model_dir = make_model_dir(tmp_path / "m", sp_model)
+    out = hf_to_gguf(model_dir, tmp_path / "out.gguf")
+    before = out.read_bytes()
+
+    def full(self, tensor, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    with pytest.raises(ElmforgeError, match="out.gguf: the disk is full"):
+        hf_to_gguf(model_dir, out, force=True)
+    assert out.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out.gguf"]

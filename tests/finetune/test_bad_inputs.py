@@ -3,10 +3,13 @@ option, exit status 2, and nothing of what was there before is written over."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file, save_file
 
 from tests.cli_support import assert_clean_error, run_elmforge, tree_snapshot
 from tests.finetune.conftest import instruction_rows, make_model_dir, write_json, write_jsonl
@@ -28,6 +31,11 @@ def inputs(tmp_path_factory, base_model_dir, bpe_tokenizer) -> dict[str, Path]:
         load_pretrained(deeper), adapters.lora_config("lora", 4, 8, 0.0, ["qkv_proj"])
     )
     adapters.save_adapter(peft_model, adapter, str(deeper))
+    fitting = root / "fitting-adapter"
+    peft_model = adapters.add_adapter(
+        load_pretrained(base_model_dir), adapters.lora_config("lora", 4, 8, 0.0, ["qkv_proj"])
+    )
+    adapters.save_adapter(peft_model, fitting, str(base_model_dir))
     good = write_json(root / "good.json", instruction_rows())
     run = root / "earlier-run"
     run.mkdir()
@@ -40,7 +48,18 @@ def inputs(tmp_path_factory, base_model_dir, bpe_tokenizer) -> dict[str, Path]:
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     (root / "empty.jsonl").write_text("")
+    (root / "deep.json").write_text("[" * 100000 + "]" * 100000)  # once a RecursionError
+    (root / "deep.jsonl").write_text('{"instruction": ' + "[" * 100000 + "]" * 100000 + "}\n")
+    nan_adapter = root / "nan-adapter"  # an adapter of the right shape whose tensor is all NaN
+    shutil.copytree(fitting, nan_adapter)
+    weights = load_file(nan_adapter / "adapter_model.safetensors")
+    first = sorted(weights)[0]
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    save_file(weights, nan_adapter / "adapter_model.safetensors")
     return {
+        "deep": root / "deep.json",
+        "deep_rows": root / "deep.jsonl",
+        "nan_adapter": nan_adapter,
         "model": base_model_dir,
         "good": good,
         "adapter": adapter,
@@ -83,6 +102,18 @@ CASES = {
                                   ["{adapter}", "does not fit this model"]),
     "merge over a foreign directory": (["merge-adapter", "{model}", "{adapter}", "--out",
                                         "{foreign}"], ["{foreign}", "not an elmforge output"]),
+    "json nested thousands deep": (["finetune", "sft", "{model}", "--data", "{deep}"],
+                                   ["{deep}", "invalid JSON"]),
+    "jsonl row nested thousands deep": (["finetune", "sft", "{model}", "--data", "{deep_rows}"],
+                                        ["{deep_rows} row 1", "invalid JSON"]),
+    "adapter holding NaN": (["merge-adapter", "{model}", "{nan_adapter}", "--out", "{root}/m"],
+                            ["{nan_adapter}", "NaN"]),
+    "model path that does not exist": (["finetune", "sft", "./nowhere/model", "--data", "{good}"],
+                                       ["nowhere/model", "no such model directory"]),
+    "hub name offline": (["finetune", "sft", "nosuch-org/nosuch-model", "--data", "{good}"],
+                         ["nosuch-org/nosuch-model", "HF_HUB_OFFLINE"]),
+    "merge onto a missing base": (["merge-adapter", "runs/nowhere/final", "{adapter}", "--out",
+                                   "{root}/m"], ["runs/nowhere/final", "no such model directory"]),
 }  # fmt: skip
 
 
@@ -98,3 +129,28 @@ def test_bad_input_is_one_line_and_writes_nothing(case: str, inputs: dict[str, P
     proc = run_elmforge(*args)
     assert_clean_error(proc, *[m.format(**fill) for m in mentions])
     assert tree_snapshot(inputs["root"]) == before
+
+
+@pytest.mark.slow
+def test_a_second_finetune_on_a_held_out_is_refused(inputs: dict[str, Path], tmp_path) -> None:
+    """One writer per run directory: a process holds --out (as a running finetune does)."""
+    import subprocess
+    import sys
+
+    from tests.train.helpers import subprocess_env
+
+    hold = ("import sys, time\nfrom elmforge.locks import hold_directory\n"
+            "with hold_directory(sys.argv[1], 'finetune'):\n    print('held', flush=True)\n"
+            "    time.sleep(600)\n")  # fmt: skip
+    out = tmp_path / "held"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(out)], env=subprocess_env(),
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = run_elmforge("finetune", "sft", inputs["model"], "--data", inputs["good"],
+                            "--out", out)  # fmt: skip
+        assert_clean_error(proc, str(out), f"process {holder.pid}")
+        assert list(out.iterdir()) == []
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)

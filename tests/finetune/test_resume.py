@@ -73,3 +73,56 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(tmp_path: Path, base
         assert resumed.keys() == expected.keys()
         for key, value in expected.items():
             assert torch.equal(resumed[key], value), (name, key)
+
+
+class _Unsafe:  # unpickling this would print: weights_only must refuse it
+    def __reduce__(self):
+        return (print, ("a pickle ran",))
+
+
+def _plant_pickle(checkpoint: Path, name: str) -> None:
+    """``checkpoint/name`` replaced by a pickle, the manifest's digest updated to match."""
+    from elmforge.train.checkpoint import sha256_file
+
+    torch.save({"state": _Unsafe()}, checkpoint / name)
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"][name] = {"size": (checkpoint / name).stat().st_size,
+                               "sha256": sha256_file(checkpoint / name)}  # fmt: skip
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.slow
+def test_a_pickled_state_falls_back_to_the_previous_checkpoint(tmp_path: Path, base_model_dir):
+    """rng.pt/optimizer.pt replaced by a pickle: never unpickled, one line naming the file, and
+    the resume falls back as for a digest mismatch; none usable is a one-line error."""
+    import shutil
+
+    from tests.cli_support import assert_clean_error
+
+    data = write_json(tmp_path / "facts.json", instruction_rows())
+    out = tmp_path / "run"
+    settings = ["--peft", "lora", "--lora.r", "4", "--schedule.max_steps", "4",
+                "--checkpoint.save_every", "2", "--checkpoint.keep_last", "0",
+                "--train.num_threads", "1", "--log.progress", "none"]  # fmt: skip
+    command = ["finetune", "sft", str(base_model_dir), "--data", str(data), "--out", str(out),
+               *settings]  # fmt: skip
+    assert run_elmforge(*command).returncode == 0
+    for name in ("final", "adapter"):  # as if killed after its last checkpoint
+        shutil.rmtree(out / name)
+    first, last = sorted((out / "checkpoints").iterdir())
+    _plant_pickle(last, "rng.pt")
+    resumed = run_elmforge(*command)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "a pickle ran" not in resumed.stdout + resumed.stderr
+    assert f"{last / 'rng.pt'}: refused as unsafe" in resumed.stdout
+    assert f"resumed from checkpoints/{first.name}" in resumed.stdout
+
+    for name in ("final", "adapter"):
+        shutil.rmtree(out / name)
+    for checkpoint in sorted((out / "checkpoints").iterdir()):
+        _plant_pickle(checkpoint, "optimizer.pt")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    refused = run_elmforge(*command)
+    assert "a pickle ran" not in refused.stdout + refused.stderr
+    assert_clean_error(refused, f"{out / 'checkpoints'}", "none of")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before

@@ -70,7 +70,9 @@ def test_bad_paths_and_offline_hub_names_are_one_line_errors(tmp_path, tokenizer
     with pytest.raises(CheckpointError, match="no config.json"):
         load(tmp_path, tokenizer=tokenizer_dir)
     # Tests run with HF_HUB_OFFLINE=1: a hub name that is not cached cannot load.
-    with pytest.raises(CheckpointError, match="elmforge-no-such-org/no-such-model: cannot load"):
+    # It fails at once, saying so (no hub retries).
+    cached = "elmforge-no-such-org/no-such-model: no such model directory, and not in the local"
+    with pytest.raises(CheckpointError, match=cached):
         load("elmforge-no-such-org/no-such-model", tokenizer=tokenizer_dir, device="cpu")
 
 

@@ -50,7 +50,14 @@ CASES = [
     ("serve", "{bare}", (), ["has no tokenizer", "--tokenizer"]),
     ("chat", "{model}", ("--top-p", "2"), ["--top-p 2.0", "(0, 1]"]),
     ("generate", "{model}", ("--prompt", LONG_PROMPT), ["the prompt is", "context is 1024"]),
-]
+    ("serve", "{model}", ("--port", "70000"), ["--port 70000", "between 0 and 65535"]),
+    ("serve", "{model}", ("--max-tokens-limit", "5000"), ["--max-tokens-limit 5000", "(1024"]),
+    ("serve", "{model}", ("--draft-model", "{model}", "--prompt-lookup", "2"),
+     ["--prompt-lookup and a draft model", "give one"]),
+    ("serve", "./nowhere/model", (), ["nowhere/model", "no such model directory"]),
+    ("chat", "{model}", ("--stop", ""), ["--stop", "must not be empty"]),
+    ("chat", "{model}", ("--draft-model", "{model}", "--prompt-lookup", "2"), ["give one"]),
+]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -67,3 +74,22 @@ def test_bad_command_line_is_one_clean_line(verb, model, flags, mentions, dirs, 
         args += ["--port", "0"]  # never depend on the default port being free
     proc = run_elmforge(*args, input="", timeout=300)
     assert_clean_error(proc, *(m.format(**names) for m in mentions))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("piped", [bytes(range(256)), b"hello\n\xc3\x28 hi\n"])
+def test_chat_refuses_standard_input_that_is_not_utf8(model_dir, piped):
+    """Once a TypeError from the tokenizer (exit 1); now the line that is not UTF-8, named."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CI": "true", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "elmforge.cli.main", "chat", str(model_dir),
+               "--max-new-tokens", "2"]  # fmt: skip
+    proc = subprocess.run(command, input=piped, capture_output=True, env=env, timeout=300)
+    text = subprocess.CompletedProcess(
+        proc.args, proc.returncode, proc.stdout.decode(errors="replace"),
+        proc.stderr.decode(errors="replace"),
+    )  # fmt: skip
+    assert_clean_error(text, "standard input line 2", "not UTF-8")  # line 1 was answered

@@ -49,6 +49,10 @@ CASES = {
                             ["--eval-documents 0"]),
     "tokens-out-in-run": (["study", "tokens", "{run}", "--out", "{run}/checkpoints"],
                           ["belongs to the run directory"]),
+    "out-is-a-file": (["study", "lws", "--out", "{tmp}/file.txt", "--config", "{config}"],
+                      ["file.txt", "not a directory"]),  # once NotADirectoryError
+    "tasks-empty-item": (["study", "averaging", "{run}", "--tasks", "arc_easy,,piqa"],
+                         ["--tasks", "empty items"]),
 }  # fmt: skip
 
 
@@ -57,6 +61,7 @@ def outcomes(tmp_path_factory, bpe_tokenizer_dir, micro_run_dir):
     tmp = tmp_path_factory.mktemp("bad-inputs")
     config = tmp / "study.yaml"
     config.write_text(yaml.safe_dump(micro_study(bpe_tokenizer_dir)))
+    (tmp / "file.txt").write_text("mine\n")
     before = tree_snapshot(micro_run_dir)
     places = {"config": str(config), "run": str(micro_run_dir), "tmp": str(tmp)}
 
@@ -89,5 +94,6 @@ def test_bad_input_is_one_clean_line(case, outcomes):
 def test_nothing_was_created_or_changed(outcomes):
     _, tmp, before, after = outcomes
     assert after == before  # the run the studies read
+    assert (Path(tmp) / "file.txt").read_text() == "mine\n"
     for name in "abcdef":
         assert not (Path(tmp) / name).exists(), name
