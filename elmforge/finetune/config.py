@@ -70,6 +70,10 @@ class FinetuneData:
     template, the instruction as the user turn)."""
     split: str = "train"
     """Split of an ``hf:org/name`` dataset."""
+    packing: bool = False
+    """SFT only: pack several examples into each sequence of up to ``max_length`` tokens
+    (positions restart per example, attention stays inside each example), so a batch carries no
+    padding but the last sequence's tail."""
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from elmforge.finetune.losses import dpo_loss, sequence_logps
-from elmforge.finetune.tokenize import IGNORE_INDEX, TokenRow, collate
+from elmforge.finetune.tokenize import IGNORE_INDEX, TokenRow, collate, collate_packed
 from elmforge.train import distributed as dist_utils
 from elmforge.train.engine import autocast
 from elmforge.train.optim import loss_sums
@@ -48,13 +48,17 @@ class ExampleStream:
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         return torch.randperm(self.count, generator=generator).tolist()
 
+    def peek(self) -> int:
+        """The next example, not taken."""
+        if self.position == self.count:  # the same state as the next epoch's start
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._permutation()
+        return self._order[self.position]
+
     def take(self, n: int) -> list[int]:
         picked = []
         for _ in range(n):
-            if self.position == self.count:
-                self.epoch, self.position = self.epoch + 1, 0
-                self._order = self._permutation()
-            picked.append(self._order[self.position])
+            picked.append(self.peek())
             self.position += 1
         return picked
 
@@ -72,6 +76,12 @@ def _tokens(example: TokenRow | tuple[TokenRow, TokenRow]) -> int:
     return len(example.ids)
 
 
+def make_packed_batch(rows: list[list[TokenRow]], pad_id: int) -> Batch:
+    """A micro-batch of packed SFT rows (:func:`~elmforge.finetune.tokenize.collate_packed`)."""
+    tokens = sum(len(e.ids) for row in rows for e in row)
+    return {**collate_packed(rows, pad_id), "tokens": tokens}
+
+
 def make_batch(examples: list[Any], pad_id: int) -> Batch:
     """A micro-batch of SFT rows (TokenRow) or DPO pairs ((chosen, rejected) TokenRows): the
     chosen sequences first, then the rejected ones."""
@@ -84,19 +94,36 @@ def make_batch(examples: list[Any], pad_id: int) -> Batch:
 
 class ExampleLoader:
     """Micro-batches for this process: each takes the next ``micro_batch_size x processes``
-    examples of the stream and keeps this rank's share."""
+    examples of the stream (with ``pack_length``, as many packed rows of up to that many
+    tokens, each filled with the next examples that fit) and keeps this rank's share."""
 
     def __init__(
         self, examples: list[Any], seed: int, micro_batch_size: int, env: dist_utils.DistEnv,
-        pad_id: int,
+        pad_id: int, pack_length: int | None = None,
     ) -> None:  # fmt: skip
         self.examples, self.micro, self.env, self.pad_id = examples, micro_batch_size, env, pad_id
+        self.pack_length = pack_length
         self.stream = ExampleStream(len(examples), seed)
+
+    def _packed_row(self) -> list[TokenRow]:
+        row: list[TokenRow] = []
+        used = 0
+        while True:
+            example = self.examples[self.stream.peek()]
+            width = len(example.ids) - 1
+            if row and used + width > self.pack_length:
+                return row
+            self.stream.take(1)
+            row.append(example)
+            used += width
 
     def __iter__(self) -> ExampleLoader:
         return self
 
     def __next__(self) -> Batch:
+        if self.pack_length:
+            rows = [self._packed_row() for _ in range(self.micro * self.env.world_size)]
+            return make_packed_batch(rows[self.env.rank * self.micro :][: self.micro], self.pad_id)
         picked = self.stream.take(self.micro * self.env.world_size)
         mine = picked[self.env.rank * self.micro : (self.env.rank + 1) * self.micro]
         return make_batch([self.examples[i] for i in mine], self.pad_id)
@@ -153,8 +180,12 @@ class FinetuneTask:
         return int(batch["tokens"])
 
     def logits(self, model: Any, batch: Batch) -> torch.Tensor:
+        # Packed rows carry their positions and block-diagonal mask.
+        extra = {k: batch[k].to(self.env.device) for k in ("attention_mask", "position_ids")
+                 if k in batch}  # fmt: skip
         with autocast(self.precision, self.env.device):
-            return model(input_ids=batch["input_ids"].to(self.env.device), use_cache=False).logits
+            ids = batch["input_ids"].to(self.env.device)
+            return model(input_ids=ids, use_cache=False, **extra).logits
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:

@@ -218,6 +218,38 @@ def collate(sequences: Sequence[TokenRow], pad_id: int) -> dict[str, torch.Tenso
     return {"input_ids": input_ids, "labels": labels}
 
 
+def collate_packed(
+    sequences: Sequence[Sequence[TokenRow]], pad_id: int, width: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Packed rows: each row concatenates several examples (each as :func:`collate` lays one
+    out: its ids but the last as input, the next tokens as labels). ``position_ids`` restart at
+    0 for every example and ``attention_mask`` (B, 1, S, S, boolean) is block-diagonal causal:
+    a token sees the earlier tokens of its own example only, so each example is computed exactly
+    as alone. Padding at a row's end is its own block (labels -100)."""
+    lengths = [sum(len(e.ids) - 1 for e in row) for row in sequences]
+    width = width or max(lengths)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(sequences), width), dtype=torch.long)
+    segments = torch.full((len(sequences), width), -1, dtype=torch.long)
+    for r, row in enumerate(sequences):
+        start = 0
+        for index, example in enumerate(row):
+            one = collate([example], pad_id)
+            end = start + one["input_ids"].shape[1]
+            input_ids[r, start:end] = one["input_ids"][0]
+            labels[r, start:end] = one["labels"][0]
+            positions[r, start:end] = torch.arange(end - start)
+            segments[r, start:end] = index
+            start = end
+        positions[r, start:] = torch.arange(width - start)
+        segments[r, start:] = len(row)  # the padding: a block of its own
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    mask = (segments[:, :, None] == segments[:, None, :]) & causal
+    return {"input_ids": input_ids, "labels": labels, "position_ids": positions,
+            "attention_mask": mask[:, None]}  # fmt: skip
+
+
 def pad_id_of(tokenizer: Any) -> int:
     for attr in ("pad_token_id", "eos_token_id", "unk_token_id"):
         value = getattr(tokenizer, attr, None)

@@ -161,6 +161,8 @@ def finetune(
     """Run ``job`` into ``out_dir`` (resuming a killed run there); return ``out_dir/final``."""
     if job.objective not in ("sft", "dpo"):
         raise ConfigError(f"unknown objective {job.objective!r} (sft or dpo)")
+    if job.objective == "dpo" and config.data.packing:
+        raise ConfigError("data.packing: SFT only (a DPO pair's two sequences are scored apart)")
     out_dir = Path(out_dir)
     forced = check_output(job, config, out_dir, force_resume)
     rows, what = read_data(job, config)
@@ -187,7 +189,10 @@ def _build(
     lengths = fit_lengths(config, getattr(model.config, "max_context_length", None))
     examples, data_line = encode_data(job, lengths, rows, what, tokenizer)
     examples, held_out, data_line = hold_aside(job, config, lengths, examples, data_line, tokenizer)
-    max_steps, warmup = config.steps_for(len(examples), env.world_size)
+    rows_per_epoch = len(examples)
+    if config.data.packing:  # packed rows of up to max_length tokens, about this many an epoch
+        rows_per_epoch = -(-sum(len(e.ids) - 1 for e in examples) // lengths[0])
+    max_steps, warmup = config.steps_for(rows_per_epoch, env.world_size)
     base_name = str(model_dir.resolve()) if model_dir is not None else job.model
     if config.model.activation_checkpointing:
         enable_activation_checkpointing(model, reentrant=False)
@@ -229,7 +234,8 @@ def _build(
         warmup_steps=warmup, max_steps=max_steps, warmup_init_lr=config.schedule.warmup_init_lr,
     )  # fmt: skip
     loader = ExampleLoader(examples, config.seed, config.train.micro_batch_size, env,
-                           pad_id_of(tokenizer))  # fmt: skip
+                           pad_id_of(tokenizer),
+                           lengths[0] if config.data.packing else None)  # fmt: skip
     text = yaml.safe_dump(run_record(job, config), sort_keys=False)
     keep = config.eval.keep_best
     return Engine(config, out_dir, env, task, loader, schedule, config.train.grad_accum, text,
