@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from elmforge.cli.options import add_generation_model_flags, generation_load_options
-from elmforge.serve.settings import DEFAULT_MAX_REQUEST_BYTES
+from elmforge.serve.settings import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX_CACHE_MB
 
 EPILOG = """examples:
   elmforge serve runs/tiny/final
@@ -52,6 +52,21 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=DEFAULT_MAX_REQUEST_BYTES,
         help=f"largest request body; larger ones get 413 ({DEFAULT_MAX_REQUEST_BYTES})",
     )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        metavar="N",
+        help="read at most N prompt tokens per decode step, so a long prompt does not stall "
+        "running streams (default: whole prompts at once)",
+    )
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=float,
+        default=DEFAULT_PREFIX_CACHE_MB,
+        metavar="MB",
+        help="memory for reusing the keys and values of prompt prefixes already read, least "
+        f"recently used evicted ({DEFAULT_PREFIX_CACHE_MB}; 0: off)",
+    )
     p.set_defaults(run=run)
 
 
@@ -70,5 +85,7 @@ def run(args: argparse.Namespace) -> int:
         served_name=args.served_name,
         prompt_lookup=args.prompt_lookup,
         max_request_bytes=args.max_request_bytes,
+        prefill_chunk=args.prefill_chunk,
+        prefix_cache_mb=args.prefix_cache_mb,
     )
     return 0

@@ -1,16 +1,17 @@
-"""The batching engine behind ``elmforge serve``: continuous batching over one KV cache.
+"""The batching engine behind ``elmforge serve``: continuous batching over a slot cache.
 
-One thread owns the model. Each turn of its loop it (1) admits waiting requests up to
-``max_batch`` rows: their prompts are prefilled together (left-padded) and their first tokens
-picked, then their KV caches are merged into the running batch; (2) runs one decode step for every
-running row at once; (3) retires rows that finished or whose client left. A request that arrives
-while others decode joins at the next step instead of waiting for the batch to drain.
+One thread owns the model. Each turn of its loop it (1) admits waiting requests into free slots
+of the engine's key/value cache (``serve/engine.py``), starting from the longest prefix of their
+prompt already cached (``serve/prefix_cache.py``); (2) prefills prompts: all of them, or with
+``prefill_chunk`` at most that many prompt tokens per turn, so a long prompt is read in chunks
+between the decode steps of the running rows instead of stalling them; a row whose prompt is
+read picks its first token; (3) runs one decode step for every decoding row at once; (4) retires
+rows that finished or whose client left, freeing their slots. A request that arrives while
+others decode joins at the next turn instead of waiting for the batch to drain.
 
-The batch is right-aligned in the cache: every row's last token sits in the same slot, padding
-on the left is masked out (attention mask) and positions count only real tokens (position ids),
-so a row decodes exactly as it would alone (see docs/architecture.md "Model notes"). The model
-is driven through its public forward with transformers' ``DynamicCache``; merging and dropping
-rows only pads, concatenates and selects the cache tensors along the batch dimension.
+Each row lives in its own slot, at its own positions from 0, with its own length: it decodes
+exactly as it would alone (see ``serve/engine.py``). Joining and leaving moves no other row's
+keys and values.
 
 Decoding is bound by reading the weights, so one step for 8 rows costs little more than one for
 a single row: that is where the aggregate throughput comes from (``bench/serve.py``).
@@ -32,11 +33,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from elmforge.infer.detokenize import TextAssembler
 from elmforge.infer.generate import SamplingOptions, eos_token_ids, generate_text
-from elmforge.model.modeling import CACHE_FIELD
+from elmforge.serve.engine import SlotEngine
+from elmforge.serve.prefix_cache import PrefixCache
+from elmforge.serve.settings import DEFAULT_PREFIX_CACHE_MB
 
 
 class QueueFullError(Exception):
@@ -98,20 +100,13 @@ class _Row:
             else:
                 self.generator.manual_seed(job.options.seed)
         self.last_token = -1
+        self.slot = -1
+        self.read = 0  # prompt tokens whose keys and values are in the slot
+        self.prompt_logits: list[torch.Tensor] = []  # per chunk, for prompt log-probabilities
 
-
-def left_pad(tensor: torch.Tensor, length: int, dim: int) -> torch.Tensor:
-    """``tensor`` padded with zeros at the start of ``dim`` to ``length``."""
-    missing = length - tensor.shape[dim]
-    if missing <= 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
-
-
-def cache_tensors(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    return [(layer.keys, layer.values) for layer in cache.layers]
+    @property
+    def decoding(self) -> bool:
+        return self.read == len(self.job.prompt_ids)
 
 
 class Scheduler:
@@ -126,6 +121,8 @@ class Scheduler:
         draft_model: Any = None,
         prompt_lookup: int | None = None,
         metrics: Any = None,
+        prefill_chunk: int | None = None,
+        prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
     ) -> None:
         self.model = model
         self.metrics = metrics  # a serve.metrics.ServeMetrics, or None
@@ -138,9 +135,16 @@ class Scheduler:
         self.eos = eos_token_ids(model, tokenizer)
         self._waiting: deque[Job] = deque()
         self._wake = threading.Condition()
-        self._rows: list[_Row] = []
-        self._cache: DynamicCache | None = None
-        self._mask: torch.Tensor | None = None  # (rows, slots) 1 for real tokens
+        self._rows: list[_Row] = []  # rows holding a slot: reading their prompt, or decoding
+        self.prefill_chunk = prefill_chunk  # prompt tokens read per turn at most (None: all)
+        self.engine: SlotEngine | None = None
+        self.prefix_cache: PrefixCache | None = None
+        if not self.speculative:
+            self.engine = SlotEngine(model, max_batch)
+            if prefix_cache_mb > 0:
+                limit = int(prefix_cache_mb * 2**20)
+                self.prefix_cache = PrefixCache(limit, self.engine.bytes_per_token())
+        self._free = list(range(max_batch))  # free slots, lowest first
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.generated_tokens = 0
@@ -182,8 +186,13 @@ class Scheduler:
             "max_batch": self.max_batch,
             "generated_tokens": self.generated_tokens,
             "decode_steps": self.decode_steps,
-            "prefix_cache_bytes": 0,
+            "prefix_cache_bytes": self.prefix_cache.bytes if self.prefix_cache else 0,
         }
+
+    def warm_up(self) -> None:
+        """Build the kernels and run each step once before serving (the server calls it)."""
+        if self.engine is not None:
+            self.engine.warm_up()
 
     # -- the model's thread ----------------------------------------------------------------
     def _loop(self) -> None:
@@ -207,23 +216,24 @@ class Scheduler:
                         if job.finish_reason is None and job.error is None:
                             job.error = message
                             job._post("done")
-                    self._rows, self._cache, self._mask = [], None, None
+                    for row in self._rows:
+                        self._release(row)
+                    self._rows = []
 
     def turn(self, admitted: list[Job]) -> None:
-        """One turn of the loop: prefill ``admitted`` into the batch, then one decode step.
-        (The loop's thread calls it; tests drive it directly, under ``inference_mode``.)"""
+        """One turn of the loop: ``admitted`` take slots, prompts are read (all, or one chunk's
+        worth), then one decode step. (The loop's thread calls it; tests drive it directly,
+        under ``inference_mode``.)"""
         admitted = [job for job in admitted if not self._drop_if_cancelled(job)]
         if self.speculative:
             for job in admitted:
                 self._run_assisted(job)
             return
-        plain = [job for job in admitted if not job.prompt_logprobs]
-        for job in (job for job in admitted if job.prompt_logprobs):
-            self._prefill([job], all_logits=True)
-        if plain:
-            self._prefill(plain, all_logits=False)
+        for job in admitted:
+            self._admit(job)
+        self._read_prompts()
         self._retire()
-        if self._rows:
+        if any(row.decoding for row in self._rows):
             self._decode_step()
             self._retire()
 
@@ -233,33 +243,56 @@ class Scheduler:
             job._post("done")
         return job.cancelled
 
-    def _forward(self, ids: torch.Tensor, mask: torch.Tensor, cache: Any, keep: int) -> Any:
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)[:, -ids.shape[1] :]
-        return self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=positions,
-            use_cache=True,
-            logits_to_keep=keep,
-            **{CACHE_FIELD: cache},
-        ).logits
+    def _admit(self, job: Job) -> None:
+        row = _Row(job, self.tokenizer, self.eos, self.device)
+        row.slot = self._free.pop(0)
+        self._rows.append(row)
 
-    def _prefill(self, jobs: list[Job], all_logits: bool) -> None:
-        """Run the prompts of ``jobs`` (left-padded), pick their first tokens, join the batch."""
-        length = max(len(job.prompt_ids) for job in jobs)
-        ids = torch.zeros(len(jobs), length, dtype=torch.long)
-        mask = torch.zeros(len(jobs), length, dtype=torch.long)
-        for i, job in enumerate(jobs):
-            ids[i, length - len(job.prompt_ids) :] = torch.tensor(job.prompt_ids)
-            mask[i, length - len(job.prompt_ids) :] = 1
-        ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, cache, keep=0 if all_logits else 1).float()
-        if all_logits:  # one unpadded job: score every prompt token (echo logprobs)
-            self._score_prompt(jobs[0], logits[0])
-        rows = [_Row(job, self.tokenizer, self.eos, self.device) for job in jobs]
-        self._merge(rows, cache, mask)
-        self._advance(rows, logits[:, -1])
+    def _reuse_prefix(self, row: _Row) -> None:
+        """Start ``row`` from the longest cached prefix of its prompt (looked up when its prompt
+        is first read, so prompts read just before it count)."""
+        job = row.job
+        if self.prefix_cache is None or job.prompt_logprobs:  # echo scores every prompt token
+            return
+        found, keys_values = self.prefix_cache.lookup(job.prompt_ids)
+        if self.metrics is not None:
+            self.metrics.prefix_lookup(len(job.prompt_ids), found)
+        if keys_values is not None:
+            self.engine.load_prefix(row.slot, keys_values, found)
+            row.read = found
+
+    def _release(self, row: _Row) -> None:
+        self.engine.release(row.slot)
+        self._free.append(row.slot)
+        self._free.sort()
+
+    def _read_prompts(self) -> None:
+        """Read waiting prompt tokens, oldest row first, at most ``prefill_chunk`` this turn; a
+        row whose prompt is read picks its first token and decodes from the next step."""
+        budget = self.prefill_chunk or float("inf")
+        for row in [row for row in self._rows if not row.decoding]:
+            if budget <= 0:
+                break
+            job = row.job
+            if row.read == 0:
+                self._reuse_prefix(row)
+            count = int(min(budget, len(job.prompt_ids) - row.read))
+            tokens = job.prompt_ids[row.read : row.read + count]
+            logits = self.engine.prefill(row.slot, tokens, all_logits=job.prompt_logprobs)
+            row.read += count
+            budget -= count
+            if job.prompt_logprobs:
+                row.prompt_logits.append(logits)
+            if not row.decoding:
+                continue
+            if job.prompt_logprobs:
+                self._score_prompt(job, torch.cat(row.prompt_logits))
+                row.prompt_logits = []
+            elif self.prefix_cache is not None:
+                self.prefix_cache.store(
+                    job.prompt_ids, lambda n, slot=row.slot: self.engine.read_prefix(slot, n)
+                )
+            self._advance([row], logits[-1:])
 
     def _score_prompt(self, job: Job, logits: torch.Tensor) -> None:
         logprobs = torch.log_softmax(logits[:-1], dim=-1)  # position t predicts token t + 1
@@ -274,30 +307,14 @@ class Scheduler:
             )
         ]
 
-    def _merge(self, rows: list[_Row], cache: DynamicCache, mask: torch.Tensor) -> None:
-        if not self._rows:
-            self._rows, self._cache, self._mask = rows, cache, mask
-            return
-        length = max(self._mask.shape[1], mask.shape[1])
-        merged = [
-            (
-                torch.cat([left_pad(k0, length, 2), left_pad(k1, length, 2)]),
-                torch.cat([left_pad(v0, length, 2), left_pad(v1, length, 2)]),
-            )
-            for (k0, v0), (k1, v1) in zip(cache_tensors(self._cache), cache_tensors(cache))
-        ]
-        self._cache = DynamicCache(merged)
-        self._mask = torch.cat([left_pad(self._mask, length, 1), left_pad(mask, length, 1)])
-        self._rows = self._rows + rows
-
     def _decode_step(self) -> None:
-        ids = torch.tensor([[row.last_token] for row in self._rows], device=self.device)
-        self._mask = torch.cat([self._mask, self._mask.new_ones(len(self._rows), 1)], dim=1)
-        logits = self._forward(ids, self._mask, self._cache, keep=1)[:, -1].float()
+        rows = [row for row in self._rows if row.decoding]
+        logits = self.engine.decode({row.slot: row.last_token for row in rows})
+        logits = logits[torch.tensor([row.slot for row in rows], device=logits.device)]
         self.decode_steps += 1
         if self.metrics is not None:
-            self.metrics.decode_step(len(self._rows))
-        self._advance(self._rows, logits)
+            self.metrics.decode_step(len(rows))
+        self._advance(rows, logits)
 
     def _advance(self, rows: list[_Row], logits: torch.Tensor) -> None:
         """Pick each row's next token from ``logits`` (rows, vocab) and hand out the text."""
@@ -359,34 +376,20 @@ class Scheduler:
         return tokens
 
     def _retire(self) -> None:
-        """Drop finished and cancelled rows from the batch (and padding nobody needs)."""
+        """Drop finished and cancelled rows from the batch; their slots are free again."""
         keep = []
-        for i, row in enumerate(self._rows):
+        for row in self._rows:
             job = row.job
             if job.finish_reason is None and job.cancelled:
                 job.finish_reason = "cancelled"
             if job.finish_reason is None:
-                keep.append(i)
+                keep.append(row)
                 continue
+            self._release(row)
             job.text = row.assembler.text
             job.completion_tokens = len(job.generated)
             job._post("done")
-        if len(keep) == len(self._rows):
-            return
-        if not keep:
-            self._rows, self._cache, self._mask = [], None, None
-            return
-        index = torch.tensor(keep, device=self.device)
-        mask = self._mask.index_select(0, index)
-        first = int(mask.any(0).long().argmax())  # leading slots that every row has as padding
-        self._mask = mask[:, first:]
-        self._cache = DynamicCache(
-            [
-                (k.index_select(0, index)[:, :, first:], v.index_select(0, index)[:, :, first:])
-                for k, v in cache_tensors(self._cache)
-            ]
-        )
-        self._rows = [self._rows[i] for i in keep]
+        self._rows = keep
 
     def _run_assisted(self, job: Job) -> None:
         """One request through transformers' assisted generation (speculative, batch 1)."""

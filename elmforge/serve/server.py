@@ -11,12 +11,17 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from elmforge.errors import OptionError
-from elmforge.serve.settings import DEFAULT_MAX_REQUEST_BYTES, ServerSettings
+from elmforge.serve.settings import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_PREFIX_CACHE_MB,
+    ServerSettings,
+)
 
 GRACE_SECONDS = 5  # how long running requests may finish after SIGTERM/SIGINT
 
@@ -72,6 +77,8 @@ def serve(
     draft_model: str | None = None,
     prompt_lookup: int | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    prefill_chunk: int | None = None,
+    prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
 ) -> None:
     """Serve ``model`` over HTTP until interrupted."""
     for option, value, least in (
@@ -81,6 +88,8 @@ def serve(
         ("prompt_lookup", prompt_lookup, 1),
         ("max_request_bytes", max_request_bytes, 1024),
         ("port", port, 0),
+        ("prefill_chunk", prefill_chunk, 1),
+        ("prefix_cache_mb", prefix_cache_mb, 0),
     ):
         if value is not None and value < least:
             raise OptionError(option, f"{{option}} {value}: must be at least {least}")
@@ -137,7 +146,10 @@ def serve(
         draft_model=draft,
         prompt_lookup=prompt_lookup,
         metrics=metrics,
+        prefill_chunk=prefill_chunk,
+        prefix_cache_mb=prefix_cache_mb,
     )
+    warm_up(scheduler)
     settings = ServerSettings(name, api_key=api_key, max_request_bytes=max_request_bytes)
     app = build_app(scheduler, serve_context, tok, settings, metrics)
     bound_host, bound_port = sock.getsockname()[:2]
@@ -154,6 +166,16 @@ def serve(
         flush=True,
     )
     run_until_signalled(app, sock)
+
+
+def warm_up(scheduler: Any) -> None:
+    """Build the decode kernels and run each step once now, so the first request pays nothing."""
+    if scheduler.speculative:
+        return
+    print("elmforge serve: warming up the decode step ...", end="", file=sys.stderr, flush=True)
+    started = time.monotonic()
+    scheduler.warm_up()
+    print(f" done ({time.monotonic() - started:.1f} s)", file=sys.stderr, flush=True)
 
 
 def run_until_signalled(app: Any, sock: socket.socket) -> None:

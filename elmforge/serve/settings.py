@@ -6,6 +6,7 @@ import hmac
 from dataclasses import dataclass
 
 DEFAULT_MAX_REQUEST_BYTES = 8 * 1024 * 1024
+DEFAULT_PREFIX_CACHE_MB = 256  # keys and values of prompts kept for reuse (0: off)
 
 
 @dataclass
