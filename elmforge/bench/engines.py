@@ -30,8 +30,6 @@ from typing import Any
 
 from elmforge.errors import first_line
 
-ENGINES = ("elmforge", "naive", "llama.cpp", "mlx-lm")
-
 
 @dataclass(frozen=True)
 class EngineSpec:

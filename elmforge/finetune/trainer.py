@@ -34,7 +34,7 @@ import yaml
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_directory
 from elmforge.finetune import adapters
-from elmforge.finetune.config import EVAL_METRICS, FinetuneConfig
+from elmforge.finetune.config import EVAL_METRICS, OBJECTIVES, FinetuneConfig
 from elmforge.finetune.tasks import DPOTask, ExampleLoader, SFTTask
 from elmforge.finetune.tokenize import pad_id_of
 from elmforge.layout import RunDir, is_run_dir
@@ -159,8 +159,8 @@ def finetune(
     job: FinetuneJob, config: FinetuneConfig, out_dir: str | Path, force_resume: bool = False
 ) -> Path:
     """Run ``job`` into ``out_dir`` (resuming a killed run there); return ``out_dir/final``."""
-    if job.objective not in ("sft", "dpo"):
-        raise ConfigError(f"unknown objective {job.objective!r} (sft or dpo)")
+    if job.objective not in OBJECTIVES:
+        raise ConfigError(f"unknown objective {job.objective!r} ({' or '.join(OBJECTIVES)})")
     if job.objective == "dpo" and config.data.packing:
         raise ConfigError("data.packing: SFT only (a DPO pair's two sequences are scored apart)")
     out_dir = Path(out_dir)
