@@ -39,6 +39,11 @@ def cpuinfo_field(field: str) -> str | None:
     return None
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``avx512f``, ``amx_bf16``...) as /proc/cpuinfo lists them."""
+    return set((cpuinfo_field("flags") or "").split())
+
+
 def cpu_name() -> str:
     """The CPU's model name, as ``lscpu`` prints it."""
     return cpuinfo_field("model name") or platform.processor() or platform.machine()

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import torch
 
+from elmforge.environment import cpuinfo_field
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).resolve().parent / "csrc" / "decode_linear.cpp"
@@ -46,22 +48,12 @@ _lock = threading.Lock()
 _state: dict[str, object] = {"tried": False, "ready": False, "reason": "not built yet"}
 
 
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def extension_name() -> str:
     """A name that changes with the source, the CPU and torch, so no stale build is reused."""
     digest = hashlib.sha256()
     for source in (*SOURCES, SOURCE.with_name("rms_row.h")):
         digest.update(source.read_bytes())
-    digest.update(_cpu_flags().encode())
+    digest.update((cpuinfo_field("flags") or platform.processor()).encode())
     digest.update(torch.__version__.encode())
     return f"elmforge_decode_{digest.hexdigest()[:12]}"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from elmforge.environment import cpu_flags
+
 if TYPE_CHECKING:
     import torch
 
@@ -35,17 +37,6 @@ def flops_per_token(model_config: Any, seq_len: int) -> float:
         12 * seq_len * heads * model_config.head_dim for heads in model_config.num_query_heads
     )
     return 6 * model_config.num_parameters_total() + attention
-
-
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def cpu_peak_flops(precision: str, threads: int) -> tuple[float, str]:
