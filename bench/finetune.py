@@ -31,7 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# objective, peft, precision, activation checkpointing ("ckpt") or not ("-")
+# objective, peft, precision, activation checkpointing ("ckpt") or not ("-"), and optionally
+# "pad"/"pack": --rows examples of mixed lengths (up to --seq-len) right-padded into one
+# micro-batch, or packed into rows of --seq-len tokens (tokens/s counts real tokens only).
 CASES = [
     ("sft", "none", "fp32", "-"),
     ("sft", "none", "fp32", "ckpt"),
@@ -49,14 +51,19 @@ def _rss_mib() -> float:
 
 
 def run_case(
-    objective: str, peft: str, precision: str, checkpointing: str, args: argparse.Namespace
+    objective: str,
+    peft: str,
+    precision: str,
+    checkpointing: str,
+    args: argparse.Namespace,
+    layout: str = "-",
 ) -> dict:
     """In this process: build the model, time ``args.steps`` optimizer steps, measure memory."""
     import torch
 
     from elmforge.finetune import adapters
     from elmforge.finetune.config import FinetuneConfig
-    from elmforge.finetune.tasks import DPOTask, SFTTask, make_batch
+    from elmforge.finetune.tasks import DPOTask, SFTTask, make_batch, make_packed_batch
     from elmforge.finetune.tokenize import TokenRow
     from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
@@ -106,7 +113,26 @@ def run_case(
         ids = torch.randint(3, vocab, (args.seq_len + 1,), generator=generator).tolist()
         return TokenRow(ids, [False] * prompt + [True] * (args.seq_len + 1 - prompt))
 
-    if objective == "sft":
+    if layout in ("pad", "pack"):
+        generator = torch.Generator().manual_seed(5)
+        mixed = []
+        for i in range(args.rows):
+            length = int(
+                torch.randint(args.seq_len // 8, args.seq_len + 1, (1,), generator=generator)
+            )
+            mixed.append(TokenRow(row(i).ids[:length], row(i).trained[:length]))
+        if layout == "pad":
+            batch = make_batch(mixed, 0)
+        else:  # greedy packing in order, as the loader does
+            packed, used = [[]], 0
+            for example in mixed:
+                if packed[-1] and used + len(example.ids) - 1 > args.seq_len:
+                    packed.append([])
+                    used = 0
+                packed[-1].append(example)
+                used += len(example.ids) - 1
+            batch = make_packed_batch(packed, 0)
+    elif objective == "sft":
         batch = make_batch([row(i) for i in range(args.rows)], 0)
     else:
         batch = make_batch([(row(2 * i), row(2 * i + 1)) for i in range(args.rows)], 0)
@@ -127,7 +153,7 @@ def run_case(
     trainable = sum(p.numel() for p in adapters.trainable_parameters(model).values())
     result = {
         "objective": objective, "peft": peft, "precision": precision,
-        "checkpointing": checkpointing,
+        "checkpointing": checkpointing, "layout": layout,
         "trainable_params": trainable, "step_s": step_s, "tokens_per_s": tokens / step_s,
         "imports_rss_mib": imports_rss, "setup_rss_mib": rss_before, "peak_rss_mib": _rss_mib(),
     }  # fmt: skip
@@ -153,7 +179,8 @@ def main() -> None:
     parser.add_argument("--out", help="JSON path (default bench/results/finetune[-DEVICE].json)")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(run_case(*args.child.split("/"), args)))
+        objective, peft, precision, checkpointing, *layout = args.child.split("/")
+        print(json.dumps(run_case(objective, peft, precision, checkpointing, args, *layout)))
         return
     cases = [tuple(c.split("/")) for c in args.cases.split(",")] if args.cases else CASES
     runs: dict[tuple, list[dict]] = {case: [] for case in cases}
@@ -183,8 +210,14 @@ def main() -> None:
         if r["peft"] == "lora" and r["objective"] == "sft" and r["checkpointing"] == "-"
     }
     plain = {(r["objective"], r["peft"], r["precision"]): r for r in rows
-             if r["checkpointing"] == "-"}  # fmt: skip
+             if r["checkpointing"] == "-" and r["layout"] == "-"}  # fmt: skip
+    padded = {(r["peft"], r["checkpointing"]): r for r in rows if r["layout"] == "pad"}
     for row in rows:
+        if row["layout"] == "pack" and (row["peft"], row["checkpointing"]) in padded:
+            twin = padded[(row["peft"], row["checkpointing"])]
+            row["speed_vs_padded"] = row["tokens_per_s"] / twin["tokens_per_s"]
+        if row["layout"] != "-":
+            continue
         twin = plain.get((row["objective"], row["peft"], row["precision"]))
         if row["checkpointing"] == "ckpt" and twin:
             row["training_vs_no_ckpt"] = row["training_mib"] / twin["training_mib"]
@@ -198,10 +231,11 @@ def main() -> None:
             row["step_vs_sft"] = row["step_s"] / sft_lora[row["precision"]]["step_s"]
     from bench.common import print_table, write_json
 
-    print_table(rows, ["objective", "peft", "precision", "checkpointing", "trainable_params",
+    print_table(rows, ["objective", "peft", "precision", "checkpointing", "layout",
+                       "trainable_params",
                        "tokens_per_s", "step_s", "peak_rss_mib", "training_mib", "peak_vs_full",
                        "training_vs_full", "speed_vs_full", "training_vs_no_ckpt",
-                       "speed_vs_no_ckpt", "step_vs_sft"])  # fmt: skip
+                       "speed_vs_no_ckpt", "speed_vs_padded", "step_vs_sft"])  # fmt: skip
     name = "finetune" if args.device == "cpu" else f"finetune-{args.device}"
     settings = {"shape": args.shape, "seq_len": args.seq_len, "steps": args.steps,
                 "rounds": args.rounds, "rows": args.rows, "device": args.device,

@@ -109,6 +109,10 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             raise ConfigError(f"{source}: {key}: expected a mapping, got {_shown(value)}")
         return dict(value)
     if origin is list or hint is list:
+        names = args and (args[0] is str or typing.get_origin(args[0]) is Literal)
+        if isinstance(value, str) and names:
+            # A list of names on the command line: comma-separated (--lora.targets a,b).
+            value = [part.strip() for part in value.split(",") if part.strip()]
         if not isinstance(value, list):
             raise ConfigError(f"{source}: {key}: expected a list, got {_shown(value)}")
         item = args[0] if args else Any

@@ -66,7 +66,7 @@ class Shard:
 
     path: str  # file path; for kind "topics" the topic split, for "hf" the dataset name
     kind: str  # parquet | jsonl | jsonl.gz | txt | pyfile | topics | hf
-    text_key: str = "text"
+    text_key: str | None = "text"  # None: whole rows (parquet, hf), for data.records
     split: str = "train"  # used by the "topics" and "hf" kinds
 
     def describe(self, row: int | None = None) -> str:
@@ -309,7 +309,7 @@ def _read_parquet(shard: Shard, start_row: int, start_offset: int | None) -> Row
     except (OSError, pa.ArrowException) as err:
         yield start_row, None, ShardFailure(f"not a readable parquet file ({err})")
         return
-    if shard.text_key not in names:
+    if shard.text_key is not None and shard.text_key not in names:
         problem = f"no column {shard.text_key!r} (columns: {', '.join(names)})"
         yield start_row, None, ShardFailure(problem)
         return
@@ -327,11 +327,13 @@ def _read_parquet(shard: Shard, start_row: int, start_offset: int | None) -> Row
     try:
         batches = parquet.iter_batches(
             batch_size=PARQUET_BATCH_ROWS,
-            columns=[shard.text_key],
+            columns=None if shard.text_key is None else [shard.text_key],
             row_groups=range(first_group, metadata.num_row_groups),
         )
         for batch in batches:
-            for value in batch.column(0).to_pylist():
+            # text_key None: whole rows (every column), as data.records reads them.
+            values = batch.to_pylist() if shard.text_key is None else batch.column(0).to_pylist()
+            for value in values:
                 if row >= start_row:
                     yield row, None, value
                 row += 1

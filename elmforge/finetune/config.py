@@ -195,24 +195,16 @@ class FinetuneConfig:
     seed: int = 0
     """Seed of the data order, adapter initialisation and dropout."""
 
-    @staticmethod
-    def _targets_from_text(raw: dict[str, Any]) -> dict[str, Any]:
-        lora = raw.get("lora")
-        if isinstance(lora, dict) and isinstance(lora.get("targets"), str):
-            targets = [t.strip() for t in lora["targets"].split(",") if t.strip()]
-            return {**raw, "lora": {**lora, "targets": targets}}
-        return raw
-
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> FinetuneConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"{source}: expected a mapping at the top level")
-        return kit.build(cls, cls._targets_from_text(d), source=source)
+        return kit.build(cls, d, source=source)
 
     @classmethod
     def load(cls, path: str | Path | None, overrides: typing.Sequence[str] = ()) -> FinetuneConfig:
         """A YAML file (or the defaults when ``path`` is None) with ``key=value`` overrides."""
-        return kit.load(cls, path, overrides, prepare=cls._targets_from_text)
+        return kit.load(cls, path, overrides)
 
     def to_dict(self) -> dict[str, Any]:
         return kit.to_dict(self)

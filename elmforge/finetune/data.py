@@ -33,18 +33,16 @@ empty completion) stops the run with one line naming the file, the row and the p
 
 from __future__ import annotations
 
-import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from elmforge.data.chat import check_messages
 from elmforge.data.prompts import instruction_prompt, instruction_user_message
+from elmforge.data.records import RawRow, read_records
 from elmforge.errors import DataError, ElmforgeError
 
-DATA_SUFFIXES = (".json", ".jsonl", ".parquet")
 # Format -> the columns that identify it (checked in this order) and, for messages, what it is.
 FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
     "preference": ("chosen", "rejected"),
@@ -96,92 +94,11 @@ class PreferenceRow:
     rejected: str | tuple[Message, ...]
 
 
-@dataclass(frozen=True)
-class RawRow:
-    where: str
-    values: Mapping[str, Any]
-
-
 # -- reading -----------------------------------------------------------------------------------
-def data_files(path: Path) -> list[Path]:
-    """The data files a path names: itself, or a directory's data files in name order."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in DATA_SUFFIXES)
-        if not files:
-            raise DataError(f"{path}: no {', '.join(DATA_SUFFIXES)} files in this directory")
-        return files
-    if not path.is_file():
-        raise DataError(f"{path}: no such data file or directory")
-    if path.suffix not in DATA_SUFFIXES:
-        raise DataError(f"{path}: unsupported data file (use {', '.join(DATA_SUFFIXES)})")
-    return [path]
-
-
-def _json_objects(path: Path) -> Iterator[tuple[int, Any]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not UTF-8 text") from None
-    except OSError as err:
-        raise DataError(f"{path}: cannot read ({err.strerror or err})") from None
-    if path.suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            array = json.loads(text)
-        except (ValueError, RecursionError) as err:  # nested thousands deep: RecursionError
-            raise DataError(f"{path}: invalid JSON ({err})") from None
-        yield from enumerate(array, start=1)
-        return
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield number, json.loads(line)
-        except (ValueError, RecursionError) as err:
-            raise DataError(f"{path} row {number}: invalid JSON ({err})") from None
-
-
-def _parquet_objects(path: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        rows = pq.read_table(path).to_pylist()
-    except (OSError, pa.ArrowException) as err:
-        raise DataError(f"{path}: not a readable parquet file ({err})") from None
-    yield from enumerate(rows, start=1)
-
-
-def _hub_rows(name: str, split: str) -> list[RawRow]:
-    try:
-        import datasets
-
-        dataset = datasets.load_dataset(name, split=split)
-    except Exception as err:  # the hub client raises many types (offline, missing, auth)
-        problem = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"hf:{name}: cannot load split {split!r} ({problem})") from None
-    return [RawRow(f"hf:{name}[{split}] row {i}", row) for i, row in enumerate(dataset, start=1)]
-
-
 def read_rows(spec: str | os.PathLike, split: str = "train") -> list[RawRow]:
-    """Every row of ``spec`` (see the module docstring), each with where it came from."""
-    text = str(spec)
-    if text.startswith("hf:"):
-        rows = _hub_rows(text[3:], split)
-        if not rows:
-            raise DataError(f"{text}: split {split!r} has no rows")
-        return rows
-    rows = []
-    for path in data_files(Path(spec).expanduser()):
-        objects = _parquet_objects(path) if path.suffix == ".parquet" else _json_objects(path)
-        found = 0
-        for number, value in objects:
-            if not isinstance(value, Mapping):
-                raise DataError(f"{path} row {number}: expected a JSON object with named columns")
-            rows.append(RawRow(f"{path} row {number}", value))
-            found += 1
-        if not found:
-            raise DataError(f"{path}: no rows (empty file)")
-    return rows
+    """Every row of ``spec`` (:func:`elmforge.data.records.read_records`: the readers the
+    pretraining sources use), each with where it came from."""
+    return read_records(spec, split)
 
 
 # -- formats -----------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from elmforge.train.engine import (
 )
 from elmforge.train.optim import WarmupCosineSchedule
 from elmforge.train.resume_rules import ResumeRules
+from elmforge.train.tracking import check_trackers
 
 VERB = "finetune"
 # The resume rule of pretraining, in fine-tuning's key names: the model and the adapter's shape
@@ -164,6 +165,7 @@ def finetune(
     if job.objective == "dpo" and config.data.packing:
         raise ConfigError("data.packing: SFT only (a DPO pair's two sequences are scored apart)")
     out_dir = Path(out_dir)
+    check_trackers(config.log.report_to)
     forced = check_output(job, config, out_dir, force_resume)
     rows, what = read_data(job, config)
 

@@ -130,6 +130,14 @@ class LogBase:
     """Refresh ``loss.png`` at each log line, each validation and at the end."""
     progress: Literal["auto", "bar", "plain", "none"] = "auto"
     """``auto``: a tqdm bar in a terminal, plain lines when not a TTY or when ``CI`` is set."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = field(
+        default_factory=lambda: ["tensorboard"]
+    )
+    """Experiment trackers that get the resolved config, every metrics line and the final
+    model's path (comma-separated on the command line): ``tensorboard`` (``tb/``, also needs
+    ``log.tensorboard``), ``wandb`` (offline unless ``WANDB_MODE`` says otherwise; files under
+    the run's ``wandb/``; ``pip install 'elmforge[wandb]'``), ``mlflow`` (``MLFLOW_TRACKING_URI``,
+    else a file store in the run's ``mlruns/``; ``pip install 'elmforge[mlflow]'``)."""
 
 
 @dataclass

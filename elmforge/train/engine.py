@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import yaml
 
 from elmforge.errors import CheckpointError, ElmforgeError
 from elmforge.files import atomic_write_text, disk_error
@@ -326,16 +327,24 @@ class Engine:
         if env.is_main:
             atomic_write_text(self.run_dir.config, self.config_text)
         log = config.log
+        trackers = None
+        if env.is_main and set(log.report_to) - {"tensorboard"}:
+            from elmforge.train.tracking import Trackers
+
+            trackers = Trackers(self.out_dir, log.report_to, yaml.safe_load(self.config_text))
         logger = RunLogger(
-            self.out_dir, step, max_steps, enabled=env.is_main,
-            tensorboard=log.tensorboard, plot=log.plot, progress=log.progress,
+            self.out_dir, step, max_steps, enabled=env.is_main, trackers=trackers,
+            tensorboard=log.tensorboard and "tensorboard" in log.report_to, plot=log.plot,
+            progress=log.progress,
         )  # fmt: skip
+        final = None
         try:
             if step == 0:
                 logger.info(task.describe(env, self.grad_accum, max_steps))
-            return self._train(step, trainer is not None, counters, logger)
+            final = self._train(step, trainer is not None, counters, logger)
+            return final
         finally:
-            logger.close()
+            logger.close(final)
 
     def _improves(self, evaluation: dict[str, float], counters: dict[str, Any]) -> bool:
         """Whether ``evaluation`` beats the best so far of the kept metric (recorded if so)."""

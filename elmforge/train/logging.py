@@ -54,9 +54,11 @@ class RunLogger:
         tensorboard: bool = True,
         plot: bool = True,
         progress: str = "auto",
+        trackers: Any = None,
     ) -> None:
         self.run_dir = RunDir(run_dir)
         self.enabled = enabled
+        self.trackers = trackers  # elmforge.train.tracking.Trackers (wandb, mlflow), or None
         self.plot_enabled = plot and enabled
         self.records: list[dict[str, Any]] = []
         self.writer = None
@@ -110,6 +112,8 @@ class RunLogger:
                 if key != "step" and isinstance(value, (int, float)) and value is not None:
                     self.writer.add_scalar(_tb_name(key), value, step)
             self.writer.flush()
+        if self.trackers is not None:
+            self.trackers.log(record)
         if self.bar is not None:
             # A value is None when every step since the last line was skipped (non-finite).
             postfix = {"loss": _fixed(record.get("loss"), ".4f")}
@@ -123,9 +127,12 @@ class RunLogger:
         if self.plot_enabled:
             plot_losses(self.records, self.run_dir.loss_plot)
 
-    def close(self) -> None:
+    def close(self, final_model: Path | None = None) -> None:
+        """Flush and close every sink; the trackers get ``final_model`` (the run's output)."""
         if not self.enabled:
             return
+        if self.trackers is not None:
+            self.trackers.finish(final_model)
         if self.plot_enabled and self.records:
             plot_losses(self.records, self.run_dir.loss_plot)
         self.metrics_file.close()

@@ -48,6 +48,7 @@ from elmforge.train.engine import (
 )
 from elmforge.train.mfu import flops_per_token, peak_flops_per_device
 from elmforge.train.optim import WarmupCosineSchedule, loss_sums
+from elmforge.train.tracking import check_trackers
 
 __all__ = ["TrainingDivergedError", "build_model_config", "pretrain", "resolve_precision"]
 
@@ -129,6 +130,7 @@ def pretrain(
     resumption is refused unless ``force_resume``.
     """
     out_dir = Path(out_dir)
+    check_trackers(config.log.report_to)
     if not is_run_dir(out_dir):
         claim_work_directory(out_dir, RESERVED_NAMES, "a run directory")
     # One writer per run directory: a second process on the same --out refuses at once (torchrun's
