@@ -149,3 +149,14 @@ def test_lora_merge_keeps_a_tied_head_without_an_embedding_adapter() -> None:
         assert relative_error(expected, merged(input_ids=ids).logits) < REL_TOL
     assert merged.config.share_input_output_layers is True
     assert merged.lm_head.weight is merged.transformer.token_embeddings.weight
+
+
+def test_target_modules_are_written_sorted(tmp_path: Path) -> None:
+    """PEFT keeps target_modules as a set, written in hash order that changed from process to
+    process: a finished run re-run rewrote adapter_config.json differently. Now sorted."""
+    targets = ["qkv_proj", "out_proj", "proj_1", "proj_2", "token_embeddings"]
+    peft_model = adapters.add_adapter(_micro(), adapters.lora_config("lora", 4, 8, 0.0, targets))
+    adapters.save_adapter(peft_model, tmp_path / "adapter", "base")
+    written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert written["target_modules"] == sorted(targets)
+    assert written["base_model_name_or_path"] == "base"

@@ -97,3 +97,26 @@ def test_nothing_was_created_or_changed(outcomes):
     assert (Path(tmp) / "file.txt").read_text() == "mine\n"
     for name in "abcdef":
         assert not (Path(tmp) / name).exists(), name
+
+
+def test_a_second_study_on_a_held_directory_is_refused(tmp_path, bpe_tokenizer_dir):
+    """The study runner holds its directory with the one lock every run uses (elmforge.locks)."""
+    import sys
+
+    from tests.train.helpers import subprocess_env
+
+    config = tmp_path / "study.yaml"
+    config.write_text(yaml.safe_dump(micro_study(bpe_tokenizer_dir)))
+    held = tmp_path / "held"
+    hold = ("import sys, time\nfrom elmforge.locks import hold_directory\n"
+            "with hold_directory(sys.argv[1], 'study lws'):\n    print('held', flush=True)\n"
+            "    time.sleep(600)\n")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(held)], env=subprocess_env(),
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        proc = _in_this_process(["study", "lws", "--out", str(held), "--config", str(config)])
+        assert_clean_error(proc, str(held), f"process {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait(timeout=60)
