@@ -29,7 +29,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.modeling_utils import PreTrainedModel
 
-from elmforge.model import cpu_kernels
+from elmforge.model import cpu_kernels, prefill
 from elmforge.model.config import OpenELMConfig
 from elmforge.model.decoding import decode_defaults
 from elmforge.model.masks import build_attention_mask, positions_from_mask
@@ -77,6 +77,12 @@ class OpenELMLinear(nn.Linear):
             per_block = weight.view(blocks, self.out_features // blocks, self.in_features)
             out = torch.bmm(flat, per_block.transpose(1, 2))  # (blocks, rows, out/blocks)
             return out.transpose(0, 1).reshape(*x.shape[:-1], self.out_features)
+        if (
+            weight.dtype == torch.float32
+            and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+        ):
+            return prefill.prompt_linear(x, weight)  # the machine's faster float32 GEMM
         return F.linear(x, weight)
 
 

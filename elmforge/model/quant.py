@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from elmforge.errors import ElmforgeError
-from elmforge.model import cpu_kernels
+from elmforge.model import cpu_kernels, prefill
 from elmforge.runtime import QUANTIZED_DTYPES
 
 INT4_GROUP_SIZE = 32
@@ -111,6 +111,13 @@ class QuantizedLinear(nn.Module):
             if self.bits == 8:
                 return cpu_kernels.linear_int8(x, self.qweight, self.scale)
             return cpu_kernels.linear_int4(x, self.qweight, self.scale, self.group_size)
+        if (
+            self.bits == 8
+            and x.device.type == "cpu"
+            and not torch.compiler.is_compiling()
+            and cpu_kernels.kernels_ready()
+        ):
+            return prefill.int8_prompt_linear(x, self.qweight, self.scale)  # a prompt
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def weight_bytes(self) -> int:

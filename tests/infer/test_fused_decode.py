@@ -72,3 +72,22 @@ def test_warm_up_keeps_the_compiled_step_only_if_it_is_faster(monkeypatch):
     model.decode_compile = "on"  # asked for: no comparison, always compiled
     decoding.warm_up_decode(model, (1,), (128,))
     assert model._decode_warmed_up
+
+
+def test_prompt_products_agree_with_the_plain_ones():
+    from elmforge.model import prefill, quant
+
+    weight = torch.randn(300, 256) * 0.05
+    codes, scale = quant.quantize_int8(weight)
+    plain = quant.dequantize_int8(codes, scale)
+    rows = torch.ops.elmforge.dequantize_int8_rows
+    assert torch.equal(rows(codes, scale, 0, 300, torch.float32), plain)
+    assert torch.equal(rows(codes, scale, 40, 90, torch.bfloat16), plain[40:90].bfloat16())
+    x = torch.randn(2, 20, 256)
+    want = torch.nn.functional.linear(x, plain)
+    got = prefill.int8_prompt_linear(x, codes, scale)
+    assert got.dtype == x.dtype and got.shape == want.shape
+    tolerance = 2e-2 if prefill.quantized_compute_dtype() == torch.bfloat16 else 1e-5
+    assert (got - want).abs().max() <= tolerance * want.abs().max()
+    assert prefill.float32_backend() in ("onednn", "mkl")
+    torch.testing.assert_close(prefill.prompt_linear(x, weight), x @ weight.T)

@@ -98,12 +98,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> qkv_rope(
   return {q, k, v};
 }
 
+// Rows [start, stop) of an int8 weight (one float32 scale per row) as float32 or bfloat16, in
+// one threaded pass: for prompt products (elmforge/model/prefill.py), where the torch expression
+// (codes.float() * scale, then a cast) makes three passes and two float32 temporaries. Each value
+// is codes * scale in float32, then rounded once to the output dtype.
+at::Tensor dequantize_int8_rows(const at::Tensor& qweight, const at::Tensor& scale, int64_t start,
+                                int64_t stop, at::ScalarType dtype) {
+  TORCH_CHECK(qweight.dim() == 2 && qweight.scalar_type() == at::kChar && qweight.is_contiguous(),
+              "qweight must be contiguous int8 (out_features, in_features)");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous(), "scale must be float32");
+  TORCH_CHECK(0 <= start && start <= stop && stop <= qweight.size(0), "rows out of range");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "dtype must be float32 or bfloat16");
+  const int64_t K = qweight.size(1);
+  at::Tensor out = at::empty({stop - start, K}, qweight.options().dtype(dtype));
+  const int8_t* q = qweight.data_ptr<int8_t>();
+  const float* s = scale.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "dequantize_int8_rows", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(start, stop, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const int8_t* row = q + n * K;
+        scalar_t* target = o + (n - start) * K;
+        const float row_scale = s[n];
+        for (int64_t k = 0; k < K; ++k)
+          target[k] = static_cast<scalar_t>(static_cast<float>(row[k]) * row_scale);
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(elmforge, m) {
+  m.def(
+      "dequantize_int8_rows(Tensor qweight, Tensor scale, int start, int stop, ScalarType dtype) "
+      "-> Tensor");
   m.def(
       "qkv_rope(Tensor qkv, Tensor? q_weight, Tensor? k_weight, Tensor cos, Tensor sin, "
       "float eps, int num_q_heads, int num_kv_heads) -> (Tensor, Tensor, Tensor)");
 }
 
-TORCH_LIBRARY_IMPL(elmforge, CPU, m) { m.impl("qkv_rope", &qkv_rope); }
+TORCH_LIBRARY_IMPL(elmforge, CPU, m) {
+  m.impl("qkv_rope", &qkv_rope);
+  m.impl("dequantize_int8_rows", &dequantize_int8_rows);
+}
