@@ -4,8 +4,9 @@ base with its adapter (LoRA) or on the whole model and the DPO reference (full D
 2 processes x micro-batch B follow the loss curve of 1 process x 2B: relative 1e-5 on every logged
 loss, reward metric and gradient norm, absolute 1e-5 on the final weights (fp32; the only
 difference is the order of floating-point sums: gradients reduce-scattered over two processes).
-A 2-process LoRA run killed with SIGKILL and re-run ends with the uninterrupted run's adapter, bit
-for bit (LoRA dropout on: every rank's RNG state comes back).
+A 2-process LoRA SFT run, and a 1-process LoRA DPO run, killed with SIGKILL and re-run end with
+the uninterrupted run's adapter, bit for bit (LoRA dropout on: every rank's RNG state comes
+back).
 """
 
 from __future__ import annotations
@@ -92,32 +93,42 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(
     _assert_close_files(two / weights, one / weights)
 
 
-@pytest.mark.slow
-def test_sigkill_of_a_two_process_lora_run_then_rerun_gives_the_same_adapter(
-    tmp_path: Path, base_model_dir: Path
-) -> None:
-    data = write_json(tmp_path / "facts.json", instruction_rows())
-    flags = ["--peft", "lora", "--lora.r", "4", "--lora.dropout", "0.1", "--schedule.max_steps",
-             "14", "--checkpoint.save_every", "3", "--checkpoint.keep_last", "2",
-             "--train.micro_batch_size", "2"]  # fmt: skip
-    reference, out = tmp_path / "reference", tmp_path / "killed"
-    _run(_command(2, "sft", base_model_dir, data, reference, *flags))
-    command = _command(2, "sft", base_model_dir, data, out, *flags)
+def _kill_midway(command: list[str], out: Path, lines: int) -> None:
+    """Start ``command``, SIGKILL it (the launcher and its workers at once) once ``lines``
+    metrics lines are written."""
     process = subprocess.Popen(command, env=subprocess_env(), cwd=REPO_ROOT, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline and process.poll() is None:
             metrics = out / "metrics.jsonl"
-            if metrics.is_file() and len(metrics.read_text().splitlines()) >= 7:
+            if metrics.is_file() and len(metrics.read_text().splitlines()) >= lines:
                 break
             time.sleep(0.01)
         assert process.poll() is None, "the run ended before it could be killed"
-        os.killpg(process.pid, signal.SIGKILL)  # the launcher and both workers at once
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("processes", "objective"), [(2, "sft"), (1, "dpo")], ids=["2-process-lora-sft", "lora-dpo"]
+)
+def test_sigkill_then_rerun_gives_the_uninterrupted_adapter(
+    tmp_path: Path, base_model_dir: Path, processes: int, objective: str
+) -> None:
+    rows = instruction_rows() if objective == "sft" else preference_rows()
+    data = write_json(tmp_path / "data.json", rows)
+    flags = ["--peft", "lora", "--lora.r", "4", "--lora.dropout", "0.1", "--schedule.max_steps",
+             "14", "--checkpoint.save_every", "3", "--checkpoint.keep_last", "2",
+             "--train.micro_batch_size", "2"]  # fmt: skip
+    reference, out = tmp_path / "reference", tmp_path / "killed"
+    _run(_command(processes, objective, base_model_dir, data, reference, *flags))
+    command = _command(processes, objective, base_model_dir, data, out, *flags)
+    _kill_midway(command, out, 7)
     assert not (out / "final").exists() and 7 <= len(_curve(out)) < 14
     _run(command)
     assert _curve(out) == _curve(reference)
