@@ -49,11 +49,20 @@ def load_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"tokenizer": args.tokenizer, "device": args.device, "dtype": args.dtype}
 
 
-def add_generation_model_flags(p: argparse.ArgumentParser) -> None:
+def add_generation_model_flags(p: argparse.ArgumentParser, named_adapters: bool = False) -> None:
     """The model flags plus what the verbs that generate also take: --adapter and the
-    speculative-decoding flags."""
+    speculative-decoding flags. ``named_adapters``: --adapter repeats as NAME=DIR (serve)."""
     add_model_flags(p)
-    p.add_argument("--adapter", metavar="DIR", help="PEFT adapter directory, merged at load")
+    if named_adapters:
+        p.add_argument(
+            "--adapter",
+            metavar="[NAME=]DIR",
+            action="append",
+            help="PEFT adapter directory, merged at load; or NAME=DIR, repeatable: served "
+            "unmerged over the base, a request's model picks one",
+        )
+    else:
+        p.add_argument("--adapter", metavar="DIR", help="PEFT adapter directory, merged at load")
     p.add_argument(
         "--prompt-lookup",
         type=int,

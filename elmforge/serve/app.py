@@ -167,15 +167,17 @@ def build_app(
     async def chat_page() -> FileResponse:
         return FileResponse(str(STATIC_DIR / "index.html"), media_type="text/html")
 
-    def model_card() -> dict[str, Any]:
-        return {"id": settings.model_name, "object": "model", "created": 0, "owned_by": "elmforge"}
+    def model_card(name: str = settings.model_name) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": "elmforge"}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
-        return {"object": "list", "data": [model_card()]}
+        return {"object": "list", "data": [model_card(), *map(model_card, context.adapters)]}
 
     @app.get("/v1/models/{model_id:path}")
     async def model(model_id: str) -> dict[str, Any]:
+        if model_id in context.adapters:
+            return model_card(model_id)
         if model_id not in context.model_names:
             raise APIError(404, f"the model '{model_id}' does not exist", param="model",
                            code="model_not_found")  # fmt: skip
@@ -203,6 +205,8 @@ def build_app(
                 stream=plan.stream,
                 index=i,
                 notify=notify,
+                grammar=plan.grammar,
+                adapter=plan.adapter,
             )
             for i, prompt in enumerate(plan.prompts)
         ]

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from elmforge.model.decoding import cache_bucket
+from elmforge.serve.adapters import BASE, rows_with_adapters
 
 
 class _SlotView:
@@ -50,7 +51,7 @@ class _SlotView:
 class SlotEngine:
     """A model (``OpenELMForCausalLM``) with a slot cache of ``slots`` sequences."""
 
-    def __init__(self, model: Any, slots: int, capacity: int = 256) -> None:
+    def __init__(self, model: Any, slots: int, capacity: int = 256, adapters: Any = None) -> None:
         body = model.transformer
         self.model, self.body, self.slots = model, body, slots
         self.limit = int(getattr(model.config, "max_context_length", 0)) or None
@@ -62,6 +63,8 @@ class SlotEngine:
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.lengths = [0] * slots  # tokens cached per slot
+        self.adapters = adapters  # a PEFT model holding per-request adapters, or None
+        self.adapter_of = [BASE] * slots  # each slot's adapter (serve/adapters.py)
         self._grow(min(capacity, self.limit or capacity))
 
     # -- memory ----------------------------------------------------------------------------
@@ -92,6 +95,7 @@ class SlotEngine:
 
     def release(self, slot: int) -> None:
         self.lengths[slot] = 0
+        self.adapter_of[slot] = BASE
 
     def load_prefix(
         self, slot: int, prefix: list[tuple[torch.Tensor, torch.Tensor]], length: int
@@ -113,6 +117,14 @@ class SlotEngine:
 
     # -- steps -----------------------------------------------------------------------------
     def _run(
+        self, ids: torch.Tensor, positions: torch.Tensor, mask: Any, view: _SlotView, keep: int
+    ) -> torch.Tensor:
+        if self.adapters is None:
+            return self._layers(ids, positions, mask, view, keep)
+        with rows_with_adapters(self.adapters, self.adapter_of[view.rows]):
+            return self._layers(ids, positions, mask, view, keep)
+
+    def _layers(
         self, ids: torch.Tensor, positions: torch.Tensor, mask: Any, view: _SlotView, keep: int
     ) -> torch.Tensor:
         hidden = self.body.token_embeddings(ids)

@@ -7,13 +7,15 @@ its slot once the prompt is read). A new prompt takes the entry sharing its long
 that many positions into its slot and reads only the rest: keys and values at a position depend
 only on the tokens up to it, so the result is what reading the whole prompt gives (tested token
 for token). The cache holds at most ``max_bytes``; the least recently used entries go first.
-Entries live on the model's device, beside the slot cache.
+Entries live on the model's device, beside the slot cache. They are kept per adapter
+(``namespace``): an adapter changes the keys and values.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -31,30 +33,34 @@ def common_prefix(a: tuple[int, ...], b: list[int]) -> int:
 class PrefixCache:
     def __init__(self, max_bytes: int, bytes_per_token: int) -> None:
         self.max_bytes, self.bytes_per_token = max_bytes, bytes_per_token
-        self._entries: OrderedDict[tuple[int, ...], KeysValues] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], KeysValues] = OrderedDict()
         self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def lookup(self, prompt: list[int]) -> tuple[int, KeysValues | None]:
+    def lookup(self, prompt: list[int], namespace: Any = None) -> tuple[int, KeysValues | None]:
         """(tokens found, their keys and values) for the longest cached prefix of ``prompt``,
         leaving at least its last token to read (its logits pick the first new token)."""
         best, found = 0, None
-        for tokens, entry in self._entries.items():
-            length = common_prefix(tokens, prompt)
+        for key, entry in self._entries.items():
+            if key[0] != namespace:
+                continue
+            length = common_prefix(key[1:], prompt)
             if length > best:
-                best, found = length, (tokens, entry)
+                best, found = length, (key, entry)
         best = min(best, len(prompt) - 1)
         if found is None or best <= 0:
             return 0, None
         self._entries.move_to_end(found[0])
         return best, found[1]
 
-    def store(self, prompt: list[int], read: Callable[[int], KeysValues]) -> None:
+    def store(
+        self, prompt: list[int], read: Callable[[int], KeysValues], namespace: Any = None
+    ) -> None:
         """Keep ``prompt``'s keys and values (``read(length)`` copies them out) unless it is
         cached already or larger than the whole cache; evict the least recently used to fit."""
-        key = tuple(prompt)
+        key = (namespace, *prompt)
         if key in self._entries:
             self._entries.move_to_end(key)
             return

@@ -3,7 +3,7 @@ OpenAI's error body) that names the field, never an exception from deep inside.
 
 Accepted, beyond OpenAI's own fields: vLLM's ``top_k``, ``min_p``, ``repetition_penalty``,
 ``min_tokens`` and ``ignore_eos`` (benchmark tools send them). OpenAI fields this server does
-not implement (tools, response formats, ``n`` > 1, ...) are refused by name rather than ignored,
+not implement (tools, ``logit_bias``, ``n`` > 1, ...) are refused by name rather than ignored,
 and so are fields nobody defines (a typo such as ``max_token`` must not pass silently).
 """
 
@@ -62,7 +62,7 @@ COMMON_FIELDS = {
     "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "user",
     "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "logprobs",
 }  # fmt: skip
-COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "echo", "best_of", "suffix"}
+COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "echo", "best_of", "suffix", "response_format"}
 CHAT_FIELDS = COMMON_FIELDS | {
     "messages", "max_completion_tokens", "top_logprobs", "store", "metadata", "service_tier",
     "tools", "tool_choice", "functions", "function_call", "response_format",
@@ -76,7 +76,6 @@ UNSUPPORTED = {
     "tool_choice": (None, "none", "auto"),
     "functions": (None, []),
     "function_call": (None, "none", "auto"),
-    "response_format": (None, {"type": "text"}),
     "modalities": (None, ["text"]),
     "audio": (None,),
     "prediction": (None,),
@@ -111,6 +110,9 @@ class ServeContext:
     encode: Callable[[str], list[int]]  # text prompt -> ids (bos added)
     render_chat: Callable[[list[dict[str, str]]], list[int]]  # messages -> ids
     speculative: bool = False
+    # body -> compiled grammar for its response_format, or None (serve/grammar.py)
+    grammar: Callable[[dict], Any] | None = None
+    adapters: tuple[str, ...] = ()  # model names that pick a per-request adapter
 
 
 @dataclass
@@ -125,6 +127,8 @@ class Plan:
     logprobs: int | None  # alternatives per generated token; None: no logprobs
     echo: bool = False
     messages: list[dict[str, str]] = field(default_factory=list)
+    grammar: Any = None  # the compiled response_format constraint, or None
+    adapter: str | None = None  # the adapter the request's model names, or None (the base)
 
 
 # -- typed field readers ------------------------------------------------------------------------
@@ -186,7 +190,7 @@ def check_fields(body: Any, allowed: set[str], ctx: ServeContext) -> dict:
     if model is not None:
         if not isinstance(model, str):
             raise bad("model", "model: expected a string")
-        if model not in ctx.model_names:
+        if model not in ctx.model_names and model not in ctx.adapters:
             raise APIError(
                 404,
                 f"the model '{model}' does not exist; this server serves '{ctx.model_names[0]}'",
@@ -312,7 +316,9 @@ def parse_completion(body: Any, ctx: ServeContext) -> Plan:
     for prompt in prompts:
         check_length(prompt, max_tokens, name, ctx, "prompt")
     check_speculative(ctx, logprobs)
-    return Plan(prompts, texts, options, stream, include_usage, logprobs, echo=echo)
+    grammar = response_grammar(body, ctx)
+    return Plan(prompts, texts, options, stream, include_usage, logprobs, echo=echo,
+                grammar=grammar, adapter=request_adapter(body, ctx))  # fmt: skip
 
 
 # -- /v1/chat/completions -----------------------------------------------------------------------
@@ -370,7 +376,23 @@ def parse_chat(body: Any, ctx: ServeContext) -> Plan:
     options = build_options(body, max_tokens, name)
     alternatives = (top or 0) if logprobs else None
     check_speculative(ctx, alternatives)
-    return Plan([prompt], [None], options, stream, include_usage, alternatives, messages=messages)
+    grammar = response_grammar(body, ctx)
+    return Plan([prompt], [None], options, stream, include_usage, alternatives,
+                messages=messages, grammar=grammar, adapter=request_adapter(body, ctx))  # fmt: skip
+
+
+def request_adapter(body: dict, ctx: ServeContext) -> str | None:
+    model = body.get("model")
+    return model if model in ctx.adapters else None
+
+
+def response_grammar(body: dict, ctx: ServeContext) -> Any:
+    """The constraint for ``response_format`` (json_object, json_schema), or None."""
+    if ctx.grammar is not None:
+        return ctx.grammar(body)
+    if body.get("response_format") not in (None, {"type": "text"}):
+        raise bad("response_format", "response_format is not supported by this server")
+    return None
 
 
 def check_speculative(ctx: ServeContext, logprobs: int | None) -> None:

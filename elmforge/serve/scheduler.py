@@ -63,6 +63,8 @@ class Job:
     stream: bool = False
     index: int = 0  # the choice's index in the response
     notify: Callable[[str, Job, Any], None] | None = None  # ("delta"|"done", job, payload)
+    grammar: Any = None  # a compiled response_format grammar (serve/grammar.py), or None
+    adapter: str | None = None  # the per-request adapter (serve/adapters.py); None: the base
 
     generated: list[int] = field(default_factory=list)
     token_logprobs: list[TokenLogprob] = field(default_factory=list)
@@ -87,8 +89,11 @@ class Job:
 class _Row:
     """A running job's decoding state."""
 
-    def __init__(self, job: Job, tokenizer: Any, eos: set[int], device: str) -> None:
+    def __init__(
+        self, job: Job, tokenizer: Any, eos: set[int], device: str, grammar: Any = None
+    ) -> None:
         self.job = job
+        self.grammar = grammar  # a serve.grammar.RowGrammar for response_format, or None
         self.assembler = TextAssembler(tokenizer, job.prompt_ids, job.options.stop)
         self.eos = set() if job.options.ignore_eos else eos
         self.processors = job.options.logits_processors()
@@ -123,9 +128,12 @@ class Scheduler:
         metrics: Any = None,
         prefill_chunk: int | None = None,
         prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
+        grammars: Any = None,
+        adapters: Any = None,
     ) -> None:
         self.model = model
         self.metrics = metrics  # a serve.metrics.ServeMetrics, or None
+        self.grammars = grammars  # a serve.grammar.GrammarCompiler (response_format), or None
         self.tokenizer = tokenizer
         self.device = str(next(model.parameters()).device)
         self.max_batch = max_batch
@@ -140,7 +148,7 @@ class Scheduler:
         self.engine: SlotEngine | None = None
         self.prefix_cache: PrefixCache | None = None
         if not self.speculative:
-            self.engine = SlotEngine(model, max_batch)
+            self.engine = SlotEngine(model, max_batch, adapters=adapters)
             if prefix_cache_mb > 0:
                 limit = int(prefix_cache_mb * 2**20)
                 self.prefix_cache = PrefixCache(limit, self.engine.bytes_per_token())
@@ -193,6 +201,8 @@ class Scheduler:
         """Build the kernels and run each step once before serving (the server calls it)."""
         if self.engine is not None:
             self.engine.warm_up()
+        if self.grammars is not None:
+            self.grammars.warm_up()
 
     # -- the model's thread ----------------------------------------------------------------
     def _loop(self) -> None:
@@ -244,8 +254,13 @@ class Scheduler:
         return job.cancelled
 
     def _admit(self, job: Job) -> None:
-        row = _Row(job, self.tokenizer, self.eos, self.device)
+        grammar = None
+        if job.grammar is not None:
+            grammar = self.grammars.matcher(job.grammar)
+        row = _Row(job, self.tokenizer, self.eos, self.device, grammar)
         row.slot = self._free.pop(0)
+        if job.adapter is not None:
+            self.engine.adapter_of[row.slot] = job.adapter
         self._rows.append(row)
 
     def _reuse_prefix(self, row: _Row) -> None:
@@ -254,7 +269,7 @@ class Scheduler:
         job = row.job
         if self.prefix_cache is None or job.prompt_logprobs:  # echo scores every prompt token
             return
-        found, keys_values = self.prefix_cache.lookup(job.prompt_ids)
+        found, keys_values = self.prefix_cache.lookup(job.prompt_ids, job.adapter)
         if self.metrics is not None:
             self.metrics.prefix_lookup(len(job.prompt_ids), found)
         if keys_values is not None:
@@ -290,7 +305,9 @@ class Scheduler:
                 row.prompt_logits = []
             elif self.prefix_cache is not None:
                 self.prefix_cache.store(
-                    job.prompt_ids, lambda n, slot=row.slot: self.engine.read_prefix(slot, n)
+                    job.prompt_ids,
+                    lambda n, slot=row.slot: self.engine.read_prefix(slot, n),
+                    job.adapter,
                 )
             self._advance([row], logits[-1:])
 
@@ -334,13 +351,17 @@ class Scheduler:
                 top = list(zip(indices.tolist(), values.tolist()))[: job.logprobs]
                 entry = TokenLogprob(token, float(scores[token]), top)
                 job.token_logprobs.append(entry)
-            if token in row.eos:
+            complete = row.grammar is not None and row.grammar.accept(token)
+            if token in row.eos or (complete and token in self.eos):
                 job.finish_reason = "stop"
                 piece = row.assembler.finish()
             else:
                 piece = row.assembler.push(token)
                 if row.assembler.stop_found is not None:
                     job.finish_reason = "stop"
+                elif complete:  # the JSON is whole: nothing more may follow
+                    job.finish_reason = "stop"
+                    piece += row.assembler.finish()
                 elif len(job.generated) >= job.options.max_new_tokens:
                     job.finish_reason = "length"
                     piece += row.assembler.finish()
@@ -360,6 +381,8 @@ class Scheduler:
         for i, row in enumerate(rows):  # vLLM's min_tokens: no end-of-sequence before it
             if len(row.job.generated) < row.job.options.min_new_tokens and row.eos:
                 logits[i, sorted(row.eos)] = float("-inf")
+            if row.grammar is not None:
+                row.grammar.constrain(logits[i])
         if all(row.generator is None and not row.processors for row in rows):
             return logits.argmax(-1).tolist()
         tokens = []

@@ -64,7 +64,7 @@ def serve(
     model: str,
     *,
     tokenizer: Any = None,
-    adapter: str | None = None,
+    adapter: str | list[str] | None = None,
     device: str = "auto",
     dtype: str = "auto",
     host: str = "127.0.0.1",
@@ -104,17 +104,25 @@ def serve(
     find_tokenizer(model, tokenizer)
     sock = bind(host, port)
     from elmforge.infer.chat import encode_rendered, render_messages
-    from elmforge.infer.generate import load_generator
+    from elmforge.infer.generate import eos_token_ids, load_generator
     from elmforge.modeldir.loading import context_length_of
+    from elmforge.serve.adapters import load_named_adapters, parse_adapter_flags
     from elmforge.serve.app import build_app
+    from elmforge.serve.grammar import GrammarCompiler, request_grammar
     from elmforge.serve.metrics import ServeMetrics
     from elmforge.serve.protocol import ServeContext
     from elmforge.serve.scheduler import Scheduler
 
+    merged_adapter, named_adapters = parse_adapter_flags(adapter)
+    if named_adapters and (draft_model or prompt_lookup):
+        raise OptionError(
+            "adapter", "{option} NAME=DIR: per-request adapters do not combine with speculative "
+            "decoding (--prompt-lookup, --draft-model)"
+        )  # fmt: skip
     loaded, draft = load_generator(
         model,
         tokenizer=tokenizer,
-        adapter=adapter,
+        adapter=merged_adapter,
         device=device,
         dtype=dtype,
         draft_model=draft_model,
@@ -136,7 +144,14 @@ def serve(
         encode=lambda text: list(tok(text)["input_ids"]),
         render_chat=lambda messages: encode_rendered(tok, render_messages(tok, messages)),
         speculative=draft is not None or bool(prompt_lookup),
+        adapters=tuple(named_adapters),
     )
+    adapters = load_named_adapters(loaded.model, named_adapters) if named_adapters else None
+    grammars = None
+    if not serve_context.speculative:
+        eos = eos_token_ids(loaded.model, tok)
+        grammars = GrammarCompiler(tok, serve_context.vocab_size, eos)
+    serve_context.grammar = lambda body: request_grammar(body, grammars)
     metrics = ServeMetrics()
     scheduler = Scheduler(
         loaded.model,
@@ -148,6 +163,8 @@ def serve(
         metrics=metrics,
         prefill_chunk=prefill_chunk,
         prefix_cache_mb=prefix_cache_mb,
+        grammars=grammars,
+        adapters=adapters,
     )
     warm_up(scheduler)
     settings = ServerSettings(name, api_key=api_key, max_request_bytes=max_request_bytes)
