@@ -19,6 +19,7 @@ fake implementations, so ``torch.compile`` traces through them without a graph b
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -26,6 +27,7 @@ import platform
 import shutil
 import sysconfig
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -68,15 +70,16 @@ def _build() -> tuple[bool, str]:
         from torch.utils.cpp_extension import load
 
         name = extension_name()
-        log.info("building elmforge's CPU decode kernels (once per machine, about a minute)")
-        load(
-            name=name,
-            sources=[str(source) for source in SOURCES],
-            extra_cflags=["-O3", "-march=native", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=False,
-        )
+        if not _load_built(name):
+            log.info("building elmforge's CPU decode kernels (once per machine, about a minute)")
+            load(
+                name=name,
+                sources=[str(source) for source in SOURCES],
+                extra_cflags=["-O3", "-march=native", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                is_python_module=False,
+                verbose=False,
+            )
     except Exception as err:  # no compiler, no ninja, a failed build: keep PyTorch's kernels
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         return False, f"build failed ({first})"
@@ -85,6 +88,33 @@ def _build() -> tuple[bool, str]:
     if width < 16:
         return False, "compiled without AVX-512 (PyTorch's kernels are faster there)"
     return True, "AVX-512"
+
+
+# torch's build lock (a file its FileBaton creates and deletes) stays behind when its holder is
+# killed (a SIGKILLed training run that was checking the build), and every later process then
+# waits on it forever. A build takes about a minute; a lock far older than that has no holder.
+STALE_LOCK_S = 15 * 60
+
+
+def _load_built(name: str) -> bool:
+    """Load the library an earlier process built, without torch's build lock (none is needed to
+    read a finished build); remove a stale lock so a build that is still needed can proceed."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    build = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()) / name
+    lock = build / "lock"
+    with contextlib.suppress(OSError):
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink()
+            log.info("removed a stale build lock %s (its holder is gone)", lock)
+    library = build / f"{name}.so"
+    if not library.is_file():
+        return False
+    try:
+        torch.ops.load_library(str(library))
+    except (OSError, RuntimeError):  # a half-written library: build it again under the lock
+        return False
+    return True
 
 
 def _put_ninja_on_path() -> None:
