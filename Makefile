@@ -26,7 +26,7 @@ demo-finetune: venv
 	$(VENV)/bin/elmforge demo --finetune
 
 test: venv
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 # The quick loop while working (tests marked slow left out); `make test` before committing.
 test-fast: venv
