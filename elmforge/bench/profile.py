@@ -31,7 +31,8 @@ from typing import Any
 
 MATVEC_OPS = ("elmforge::linear_decode", "elmforge::linear_int8", "elmforge::linear_int4",
               "aten::linear", "aten::mm", "aten::addmm", "aten::bmm", "aten::matmul",
-              "aten::_weight_int8pack_mm", "aten::mkldnn_linear")  # fmt: skip
+              "aten::_weight_int8pack_mm", "aten::mkldnn_linear", "mkldnn::_linear_pointwise",
+              "elmforge::dequantize_int8_rows")  # fmt: skip
 ATTENTION_OPS = ("aten::scaled_dot_product_attention", "aten::_scaled_dot_product",
                  "aten::index_copy_", "aten::index_copy")  # fmt: skip
 CATEGORIES = ("matvec", "attention", "elementwise", "dispatch", "generate_loop")
