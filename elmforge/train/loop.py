@@ -133,10 +133,12 @@ def pretrain(
     check_trackers(config.log.report_to)
     if not is_run_dir(out_dir):
         claim_work_directory(out_dir, RESERVED_NAMES, "a run directory")
+    # The resume rules only read the run: a refused change is said first, even while another
+    # process writes the run (and several refused commands never contend for it).
+    forced = check_resume(out_dir, config.to_dict(), force_resume)
     # One writer per run directory: a second process on the same --out refuses at once (torchrun's
     # other ranks take no lock); a directory made for the lock goes again if the run fails first.
     with hold_directory(out_dir, "pretrain"):
-        forced = check_resume(out_dir, config.to_dict(), force_resume)
         return run_in_process_group(out_dir, config.train.device, config.train.num_threads,
                                     _engine_builder(config, out_dir, loader_factory, tokenizer,
                                                     forced))  # fmt: skip
