@@ -141,7 +141,8 @@ def test_prepare_out_writes_a_complete_copy_and_leaves_the_source(sp_model, tmp_
 def test_training_outputs_and_averages_are_complete(sp_model, tmp_path):
     from elmforge.data.tokenizer import load_tokenizer
     from elmforge.files import output_verb
-    from elmforge.train.checkpoint import average_checkpoints, save_model_dir
+    from elmforge.modeldir.save import save_model_dir
+    from elmforge.train.checkpoint import average_checkpoints
 
     tokenizer = load_tokenizer(sp_model)
     dirs = []
@@ -200,7 +201,7 @@ def test_instruct_is_read_from_the_run_and_name_or_path(sp_model, tmp_path):
 
     # A run's checkpoint model/ is completed with Apple's template, as its name says.
     from elmforge.data.tokenizer import load_tokenizer
-    from elmforge.train.checkpoint import save_model_dir
+    from elmforge.modeldir.save import save_model_dir
 
     model = make_model("scaled-3-layers", 384)
     directory = run / "checkpoints" / "step-00000002" / "model"
