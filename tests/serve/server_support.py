@@ -34,8 +34,10 @@ class Server:
     def stderr(self) -> str:
         return self.stderr_path.read_text(errors="replace")
 
-    def health(self) -> dict:
-        return httpx.get(f"{self.url}/health", timeout=10).json()
+    def health(self, api_key: str | None = None) -> dict:
+        """``/health``; with an API key server, only a caller with the key sees the counters."""
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        return httpx.get(f"{self.url}/health", headers=headers, timeout=10).json()
 
 
 def _lines(stream, sink: queue.Queue) -> None:

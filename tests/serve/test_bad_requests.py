@@ -190,7 +190,7 @@ def test_api_key_full_queue_and_speculative_decoding(model_dir, tmp_path, server
             running.close()
             waiting.close()
         deadline = time.monotonic() + 30
-        while guarded.health()["waiting"]:  # until the server has seen the client leave
+        while guarded.health("sesame")["waiting"]:  # until the server has seen the client leave
             assert time.monotonic() < deadline
             time.sleep(0.05)
         ok = client.completions.create(model=str(model_dir), prompt="x", max_tokens=1)
