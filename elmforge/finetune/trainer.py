@@ -38,7 +38,6 @@ from elmforge.finetune.config import EVAL_METRICS, OBJECTIVES, FinetuneConfig
 from elmforge.finetune.tasks import DPOTask, ExampleLoader, SFTTask
 from elmforge.finetune.tokenize import pad_id_of
 from elmforge.layout import RunDir, is_run_dir
-from elmforge.locks import hold_directory
 from elmforge.runtime import training_precision
 from elmforge.train import distributed as dist_utils
 from elmforge.train.engine import (
@@ -173,8 +172,7 @@ def finetune(
         prepare_run_dir(out_dir, env)
         return _build(job, config, out_dir, env, rows, what, forced)
 
-    with hold_directory(out_dir, VERB):  # one writer per run directory (elmforge.locks)
-        return run_in_process_group(out_dir, config.train.device, config.train.num_threads, build)
+    return run_in_process_group(out_dir, config.train.device, config.train.num_threads, build, VERB)
 
 
 def _build(

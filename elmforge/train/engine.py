@@ -40,6 +40,7 @@ import yaml
 from elmforge.errors import CheckpointError, ElmforgeError
 from elmforge.files import atomic_write_text, disk_error
 from elmforge.layout import RunDir, is_run_dir, step_dir_name
+from elmforge.locks import hold_directory
 from elmforge.train import distributed as dist_utils
 from elmforge.train.checkpoint import (
     apply_retention,
@@ -163,10 +164,23 @@ def check_resume(
 
 
 def run_in_process_group(
+    out_dir: Path,
+    device: str,
+    num_threads: int,
+    build: Callable[[dist_utils.DistEnv], Engine],
+    verb: str,
+) -> Path:
+    """Join the process group (when launched by torchrun), build the engine and run it, holding
+    ``out_dir`` (one writer per run directory: a second process on the same --out refuses at
+    once; torchrun's other ranks take no lock); a run that failed before writing anything leaves
+    no directory behind."""
+    with hold_directory(out_dir, verb):
+        return _run_in_process_group(out_dir, device, num_threads, build)
+
+
+def _run_in_process_group(
     out_dir: Path, device: str, num_threads: int, build: Callable[[dist_utils.DistEnv], Engine]
 ) -> Path:
-    """Join the process group (when launched by torchrun), build the engine and run it; a run
-    that failed before writing anything leaves no directory behind."""
     existed = out_dir.exists()
     env = dist_utils.init_distributed(device)
     if num_threads:

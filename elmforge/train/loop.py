@@ -32,7 +32,6 @@ from elmforge.data.tokenizer_choice import resolve_tokenizer
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_directory, claim_work_directory
 from elmforge.layout import RESERVED_NAMES, RunDir, is_run_dir
-from elmforge.locks import hold_directory
 from elmforge.runtime import training_precision
 from elmforge.train import distributed as dist_utils
 from elmforge.train.config import RunConfig
@@ -136,12 +135,10 @@ def pretrain(
     # The resume rules only read the run: a refused change is said first, even while another
     # process writes the run (and several refused commands never contend for it).
     forced = check_resume(out_dir, config.to_dict(), force_resume)
-    # One writer per run directory: a second process on the same --out refuses at once (torchrun's
-    # other ranks take no lock); a directory made for the lock goes again if the run fails first.
-    with hold_directory(out_dir, "pretrain"):
-        return run_in_process_group(out_dir, config.train.device, config.train.num_threads,
-                                    _engine_builder(config, out_dir, loader_factory, tokenizer,
-                                                    forced))  # fmt: skip
+    build = _engine_builder(config, out_dir, loader_factory, tokenizer, forced)
+    return run_in_process_group(
+        out_dir, config.train.device, config.train.num_threads, build, "pretrain"
+    )
 
 
 def _engine_builder(
