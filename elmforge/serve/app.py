@@ -211,7 +211,7 @@ def build_app(
             for i, prompt in enumerate(plan.prompts)
         ]
         setattr(request.state, JOBS_KEY, jobs)  # for the request log
-        answer_format = format_class(plan, jobs, settings.model_name, tokenizer)
+        answer_format = format_class(plan, jobs, plan.adapter or settings.model_name, tokenizer)
         try:
             scheduler.submit(jobs)
         except QueueFullError as err:

@@ -1,4 +1,9 @@
-"""Structured output: ``response_format`` (``json_object``, ``json_schema``) through llguidance.
+"""Structured output through llguidance: OpenAI's ``response_format`` (``json_object``,
+``json_schema``) and vLLM's extension fields for what JSON cannot say: ``guided_regex`` (a
+regular expression), ``guided_choice`` (one of a list of strings), ``guided_grammar`` (a context-
+free grammar in llguidance's Lark syntax) and ``guided_json``, or the same four as the keys
+``regex``, ``choice``, ``grammar``, ``json`` of one ``structured_outputs`` object (vLLM's newer
+spelling). One constraint per request.
 
 Why llguidance (pinned in pyproject): it is a maintained engine (Microsoft's guidance; vLLM,
 SGLang and llama.cpp use it), one small wheel with no dependencies that installs on a CPU-only
@@ -46,20 +51,41 @@ class GrammarCompiler:
         """Compute one mask now: llguidance builds its token trie lazily (seconds, once)."""
         self.matcher(self.compile({"type": "object"})).constrain(torch.zeros(self.vocab_size))
 
-    def compile(self, schema: Any) -> str:
+    def compile(self, schema: Any, field: str = "response_format") -> str:
         """The grammar for a JSON ``schema``; :class:`APIError` 400 naming what is unsupported."""
         from llguidance import LLMatcher
 
         if not isinstance(schema, dict):
-            raise bad("response_format", "response_format: the JSON schema must be an object")
+            raise bad(field, f"{field}: the JSON schema must be an object")
         schema = {**schema, "x-guidance": {**COMPACT_JSON, **schema.get("x-guidance", {})}}
+        return self._checked(field, "JSON schema",
+                             lambda: LLMatcher.grammar_from_json_schema(json.dumps(schema)))  # fmt: skip
+
+    def compile_constraint(self, constraint: Constraint) -> str:
+        """The grammar for any :class:`Constraint` a request carries."""
+        from llguidance import LLMatcher
+
+        kind, spec, field = constraint
+        if kind == "json":
+            return self.compile(spec, field)
+        if kind == "regex":
+            return self._checked(field, "regular expression",
+                                 lambda: LLMatcher.grammar_from_regex(spec))  # fmt: skip
+        if kind == "choice":
+            lark = "start: " + " | ".join(json.dumps(choice) for choice in spec)
+            return self._checked(field, "choice", lambda: LLMatcher.grammar_from_lark(lark))
+        return self._checked(field, "grammar", lambda: LLMatcher.grammar_from_lark(spec))
+
+    def _checked(self, field: str, what: str, build: Any) -> str:
+        from llguidance import LLMatcher
+
         try:
-            grammar = LLMatcher.grammar_from_json_schema(json.dumps(schema))
+            grammar = build()
             error = LLMatcher.validate_grammar(grammar, self.tokenizer)
         except (ValueError, TypeError, RuntimeError) as err:
             error = str(err)
         if error:
-            raise bad("response_format", f"response_format: unsupported JSON schema: {error}")
+            raise bad(field, f"{field}: unsupported {what}: {error}")
         return grammar
 
     def matcher(self, grammar: str) -> RowGrammar:
@@ -122,16 +148,64 @@ def response_schema(body: dict) -> Any:
     return spec.get("schema", {})
 
 
-def request_grammar(body: dict, compiler: GrammarCompiler | None) -> str | None:
-    """The compiled grammar for ``body``'s response_format (None: plain text)."""
+# (kind: json/regex/choice/grammar, its specification, the request field that gave it)
+Constraint = tuple[str, Any, str]
+GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
+STRUCTURED_KEYS = ("json", "regex", "choice", "grammar")
+
+
+def _checked_spec(kind: str, spec: Any, field: str) -> Constraint:
+    """``spec`` in the type its kind needs (a guided_json string is parsed)."""
+    if kind == "json" and isinstance(spec, str):
+        try:
+            spec = json.loads(spec)
+        except json.JSONDecodeError as err:
+            raise bad(field, f"{field}: not valid JSON ({err.msg} at {err.pos})") from None
+    if kind == "json" and not isinstance(spec, dict):
+        raise bad(field, f"{field}: expected a JSON schema object")
+    if kind in ("regex", "grammar") and not (isinstance(spec, str) and spec):
+        raise bad(field, f"{field}: expected a non-empty string")
+    if kind == "choice" and not (
+        isinstance(spec, list) and spec and all(isinstance(c, str) and c for c in spec)
+    ):
+        raise bad(field, f"{field}: expected a list of non-empty strings")
+    return kind, spec, field
+
+
+def request_constraint(body: dict) -> Constraint | None:
+    """The one output constraint ``body`` asks for, checked, or None (plain text)."""
+    found: list[Constraint] = []
     schema = response_schema(body)
-    if schema is None:
+    if schema is not None:
+        found.append(("json", schema, "response_format"))
+    for name in GUIDED_FIELDS:
+        if body.get(name) is not None:
+            found.append(_checked_spec(name.removeprefix("guided_"), body[name], name))
+    outputs = body.get("structured_outputs")
+    if outputs is not None:
+        keys = [k for k in STRUCTURED_KEYS if isinstance(outputs, dict) and k in outputs]
+        if not isinstance(outputs, dict) or len(keys) != 1 or set(outputs) - set(keys):
+            raise bad("structured_outputs", "structured_outputs: expected an object with one of "
+                      f"{', '.join(STRUCTURED_KEYS)}")  # fmt: skip
+        key = keys[0]
+        found.append(_checked_spec(key, outputs[key], f"structured_outputs.{key}"))
+    if len(found) > 1:
+        raise bad(found[1][2], f"{found[1][2]}: only one output constraint per request (also "
+                  f"{found[0][2]})")  # fmt: skip
+    return found[0] if found else None
+
+
+def request_grammar(body: dict, compiler: GrammarCompiler | None) -> str | None:
+    """The compiled grammar for ``body``'s output constraint (None: plain text)."""
+    constraint = request_constraint(body)
+    if constraint is None:
         return None
     if compiler is None:
+        field = constraint[2]
         raise APIError(
             400,
-            "response_format: structured output is not available on this server (speculative "
+            f"{field}: structured output is not available on this server (speculative "
             "decoding decodes through transformers' assisted generation)",
-            param="response_format",
+            param=field,
         )
-    return compiler.compile(schema)
+    return compiler.compile_constraint(constraint)

@@ -62,11 +62,15 @@ COMMON_FIELDS = {
     "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "user",
     "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "logprobs",
 }  # fmt: skip
-COMPLETION_FIELDS = COMMON_FIELDS | {"prompt", "echo", "best_of", "suffix", "response_format"}
-CHAT_FIELDS = COMMON_FIELDS | {
+# Structured output (serve/grammar.py): OpenAI's response_format, vLLM's guided_* and
+# structured_outputs.
+STRUCTURED_FIELDS = {"response_format", "guided_json", "guided_regex", "guided_choice",
+                     "guided_grammar", "structured_outputs"}  # fmt: skip
+COMPLETION_FIELDS = COMMON_FIELDS | STRUCTURED_FIELDS | {"prompt", "echo", "best_of", "suffix"}
+CHAT_FIELDS = COMMON_FIELDS | STRUCTURED_FIELDS | {
     "messages", "max_completion_tokens", "top_logprobs", "store", "metadata", "service_tier",
-    "tools", "tool_choice", "functions", "function_call", "response_format",
-    "parallel_tool_calls", "modalities", "audio", "prediction", "reasoning_effort",
+    "tools", "tool_choice", "functions", "function_call", "parallel_tool_calls", "modalities",
+    "audio", "prediction", "reasoning_effort",
 }  # fmt: skip
 # Fields accepted only at their "off" value: the feature is not implemented.
 UNSUPPORTED = {
@@ -392,6 +396,9 @@ def response_grammar(body: dict, ctx: ServeContext) -> Any:
         return ctx.grammar(body)
     if body.get("response_format") not in (None, {"type": "text"}):
         raise bad("response_format", "response_format is not supported by this server")
+    for name in sorted(STRUCTURED_FIELDS - {"response_format"}):
+        if body.get(name) is not None:
+            raise bad(name, f"{name} is not supported by this server")
     return None
 
 

@@ -6,6 +6,7 @@ schema is a 400 naming the construct."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 
 import httpx
@@ -125,3 +126,56 @@ def test_unsupported_response_formats_are_400_naming_the_construct(server, respo
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["param"] == "response_format" and words in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "check"),
+    [
+        ({"guided_regex": r"[0-9]{3}-[a-z]{2}"}, lambda t: re.fullmatch(r"[0-9]{3}-[a-z]{2}", t)),
+        ({"structured_outputs": {"regex": r"(yes|no)!"}}, lambda t: t in ("yes!", "no!")),
+        ({"guided_choice": ["cat", "dog", "small bird"]}, lambda t: t in ("cat", "dog", "small bird")),
+        ({"guided_grammar": 'start: "(" num ("+" num)* ")"\nnum: /[1-9]/'},
+         lambda t: re.fullmatch(r"\([1-9](\+[1-9])*\)", t)),
+        ({"guided_json": json.dumps(SCHEMA)}, lambda t: jsonschema.validate(json.loads(t), SCHEMA) is None),
+    ],
+    ids=["regex", "structured-outputs-regex", "choice", "lark-grammar", "guided-json"],
+)  # fmt: skip
+def test_vllm_guided_fields_constrain_both_endpoints(server, fields, check):
+    """vLLM's extension fields (what JSON cannot say) on completions and chat, streamed too."""
+    for path, body in (
+        ("completions", {"prompt": PROMPT}),
+        ("chat/completions", {"messages": [{"role": "user", "content": "pick one"}]}),
+    ):
+        body = {**body, **fields, "max_tokens": 80, "temperature": 0}
+        answer = httpx.post(f"{server.api}/{path}", json=body, timeout=120).json()["choices"][0]
+        chat = path.startswith("chat")
+        text = answer["message"]["content"] if chat else answer["text"]
+        assert answer["finish_reason"] == "stop", answer
+        assert check(text), text
+        with httpx.stream("POST", f"{server.api}/{path}", json={**body, "stream": True},
+                          timeout=120) as response:  # fmt: skip
+            assert streamed_text(response, chat=chat) == (text, "stop")
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "words"),
+    [
+        ({"guided_regex": "(unclosed"}, "guided_regex", "unsupported regular expression"),
+        ({"guided_regex": ""}, "guided_regex", "non-empty string"),
+        ({"guided_choice": []}, "guided_choice", "list of non-empty strings"),
+        ({"guided_choice": ["a", 3]}, "guided_choice", "list of non-empty strings"),
+        ({"guided_grammar": "start: undefined_rule"}, "guided_grammar", "unsupported grammar"),
+        ({"guided_json": "{not json"}, "guided_json", "not valid JSON"),
+        ({"structured_outputs": {"regex": "a", "choice": ["b"]}}, "structured_outputs", "one of"),
+        ({"structured_outputs": {"xml": "a"}}, "structured_outputs", "one of"),
+        ({"guided_regex": "a", "guided_choice": ["b"]}, "guided_choice", "only one output constraint"),
+        ({"response_format": {"type": "json_object"}, "guided_regex": "a"}, "guided_regex",
+         "only one output constraint"),
+    ],
+)  # fmt: skip
+def test_bad_guided_fields_are_400_naming_the_field(server, fields, param, words):
+    response = httpx.post(f"{server.api}/completions",
+                          json={"prompt": PROMPT, "max_tokens": 4, **fields}, timeout=30)  # fmt: skip
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
