@@ -53,6 +53,7 @@ def generate(model_dir: Path, *flags: str) -> str:
     return proc.stdout.removeprefix(PROMPT).removesuffix("\n")
 
 
+@pytest.mark.slow
 def test_two_adapters_and_the_base_in_one_batch_equal_generate(model_dir, adapter_dirs, tmp_path):
     expected = {"base": generate(model_dir)}
     for name, directory in adapter_dirs.items():
@@ -63,6 +64,7 @@ def test_two_adapters_and_the_base_in_one_batch_equal_generate(model_dir, adapte
         models = httpx.get(f"{server.api}/models").json()["data"]
         assert [m["id"] for m in models] == [str(model_dir), "terse", "chatty"]
         answers: dict[str, str] = {}
+        served: dict[str, str] = {}
         start = threading.Barrier(3)
 
         def ask(name: str) -> None:
@@ -71,6 +73,7 @@ def test_two_adapters_and_the_base_in_one_batch_equal_generate(model_dir, adapte
             start.wait(timeout=30)
             answer = httpx.post(f"{server.api}/completions", json=body, timeout=120).json()
             answers[name] = answer["choices"][0]["text"]
+            served[name] = answer["model"]
 
         threads = [threading.Thread(target=ask, args=(name,)) for name in expected]
         for thread in threads:
@@ -78,5 +81,7 @@ def test_two_adapters_and_the_base_in_one_batch_equal_generate(model_dir, adapte
         for thread in threads:
             thread.join(timeout=120)
         assert answers == expected
+        # Each answer names the model the request asked for: the adapter, not the base.
+        assert served == {"base": str(model_dir), "terse": "terse", "chatty": "chatty"}
         unknown = httpx.post(f"{server.api}/completions", json={"model": "nope", "prompt": "a"})
         assert unknown.status_code == 404
