@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from elmforge.errors import ElmforgeError
+from elmforge.evaluate.request import EvalRequest, require_something_to_evaluate
 from elmforge.evaluate.suites import SUITES
 
 LLM_ADAPTERS = "llm-adapters"
@@ -47,13 +48,11 @@ def evaluate_command(
         return None
     if not model:
         raise ElmforgeError("give a MODEL directory or hub name (or --compare A B)")
-    if not (suite or tasks or perplexity_data):
-        raise ElmforgeError("nothing to evaluate: give --suite, --tasks or --perplexity")
+    require_something_to_evaluate(suite, tasks, perplexity_data)
     out_dir = _claim_out_dir(model, out, force, load_options or {})
     if suite == LLM_ADAPTERS:
         return _llm_adapters(model, out_dir, force, load_options or {}, **request_fields)
     from elmforge.evaluate.harness import load_and_evaluate
-    from elmforge.evaluate.request import EvalRequest
 
     request = EvalRequest(
         tasks=tasks,

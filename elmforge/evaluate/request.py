@@ -11,6 +11,16 @@ from elmforge.errors import ElmforgeError, OptionError
 from elmforge.evaluate.suites import SUITES, plan_fewshot_runs
 
 
+def require_something_to_evaluate(
+    suite: str | None, tasks: list[str] | str | None, perplexity_data: str | dict | None
+) -> None:
+    """The one check that a request asks for anything (the ``llm-adapters`` suite included,
+    which never builds an :class:`EvalRequest`)."""
+    if not (suite or tasks or perplexity_data):
+        raise ElmforgeError("nothing to evaluate: give a suite, tasks or perplexity data "
+                            "(--suite, --tasks, --perplexity)")  # fmt: skip
+
+
 @dataclass
 class EvalRequest:
     """What to evaluate and how; checked when built
@@ -52,9 +62,8 @@ class EvalRequest:
     def __post_init__(self) -> None:
         if isinstance(self.tasks, str):
             self.tasks = [self.tasks]
+        require_something_to_evaluate(self.suite, self.tasks, self.perplexity_data)
         self.runs = plan_fewshot_runs(self.tasks, self.suite, self.num_fewshot)
-        if not self.runs and self.perplexity_data is None:
-            raise ElmforgeError("nothing to evaluate: give a suite, tasks or perplexity data")
         if self.limit is not None and self.limit < 1:
             raise OptionError("limit", f"{{option}} {self.limit}: must be >= 1")
         if self.batch_size < 1:
