@@ -214,7 +214,6 @@ def _run_study(
     from elmforge.data.tokenizer_choice import resolve_tokenizer
     from elmforge.study.report import write_lws_report
     from elmforge.study.runner import Job, run_jobs
-    from elmforge.train.loop import build_model_config
 
     base = config.run_config()
     plan_path = out_dir / PLAN_FILE
@@ -222,7 +221,7 @@ def _run_study(
         tokenizer, spec = resolve_tokenizer(base.data, out_dir / "tokenizer", report=report)
         if Path(spec).exists():  # runs may start elsewhere: a path must not be relative
             spec = str(Path(spec).resolve())
-        vocab_size = build_model_config(base, tokenizer).vocab_size
+        vocab_size = base.model_config(tokenizer).vocab_size
         plan = build_plan(config, spec, vocab_size)
     except ElmforgeError:
         if created:

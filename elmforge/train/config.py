@@ -34,7 +34,7 @@ class ModelMemory:
 @dataclass
 class ModelSection(ModelMemory):
     name: str = "OpenELM-tiny"
-    """A preset of ``OpenELMConfig.from_name`` (OpenELM-270M, -450M, -1_1B, -3B, -tiny, -micro)."""
+    """A preset of ``OpenELMConfig.from_name`` (OpenELM-270M, -450M, -1_1B, -3B, -tiny)."""
     shape: dict[str, Any] = field(default_factory=dict)
     """``OpenELMConfig`` fields overriding the preset (e.g. ``num_transformer_layers: 6``)."""
     vocab_size: int | Literal["auto"] = "auto"
@@ -332,6 +332,33 @@ class RunConfig:
                 f"{world_size} x {self.seq_len} = {per_pass}"
             )
         return self.train.global_batch_tokens // per_pass
+
+    def model_config(self, tokenizer: Any) -> Any:
+        """The ``OpenELMConfig`` this run trains: the preset with ``model.shape`` on top, the
+        vocabulary sized for ``tokenizer`` (``auto``: every token, rounded up to a multiple of 64
+        for the matmuls) and the tokenizer's special ids."""
+        from elmforge.model.config import OpenELMConfig
+
+        preset = OpenELMConfig.from_name(self.model.name, **self.model.shape)
+        if self.seq_len > preset.max_context_length:
+            raise ConfigError(
+                f"data.seq_len: {self.seq_len} exceeds the model's max_context_length "
+                f"{preset.max_context_length} (set model.shape.max_context_length)"
+            )
+        needed = len(tokenizer)
+        vocab = self.model.vocab_size
+        if vocab == "auto":
+            vocab = -(-needed // 64) * 64
+        elif vocab < needed:
+            raise ConfigError(
+                f"model.vocab_size: {vocab} is smaller than the tokenizer's {needed} tokens"
+            )
+        fields = dict(self.model.shape, vocab_size=vocab)
+        for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(tokenizer, attr, None)
+            if value is not None and value < vocab:
+                fields[attr] = value
+        return OpenELMConfig.from_name(self.model.name, **fields)
 
 
 def shape_keys() -> frozenset[str]:

@@ -29,7 +29,7 @@ import torch
 
 from elmforge.data.config import IGNORE_INDEX
 from elmforge.data.tokenizer_choice import resolve_tokenizer
-from elmforge.errors import ConfigError, ElmforgeError
+from elmforge.errors import ElmforgeError
 from elmforge.files import atomic_directory, claim_work_directory
 from elmforge.layout import RESERVED_NAMES, RunDir, is_run_dir
 from elmforge.runtime import training_precision
@@ -49,35 +49,10 @@ from elmforge.train.mfu import flops_per_token, peak_flops_per_device
 from elmforge.train.optim import WarmupCosineSchedule, loss_sums
 from elmforge.train.tracking import check_trackers
 
-__all__ = ["TrainingDivergedError", "build_model_config", "pretrain", "resolve_precision"]
+__all__ = ["TrainingDivergedError", "pretrain", "resolve_precision"]
 
 
 # -- set-up helpers ------------------------------------------------------------------------------
-def build_model_config(config: RunConfig, tokenizer: Any) -> Any:
-    from elmforge.model.config import OpenELMConfig
-
-    preset = OpenELMConfig.from_name(config.model.name, **config.model.shape)
-    if config.seq_len > preset.max_context_length:
-        raise ConfigError(
-            f"data.seq_len: {config.seq_len} exceeds the model's max_context_length "
-            f"{preset.max_context_length} (set model.shape.max_context_length)"
-        )
-    needed = len(tokenizer)
-    vocab = config.model.vocab_size
-    if vocab == "auto":
-        vocab = -(-needed // 64) * 64  # rows for every token, a multiple of 64 for the matmuls
-    elif vocab < needed:
-        raise ConfigError(
-            f"model.vocab_size: {vocab} is smaller than the tokenizer's {needed} tokens"
-        )
-    fields = dict(config.model.shape, vocab_size=vocab)
-    for attr in ("bos_token_id", "eos_token_id", "pad_token_id"):
-        value = getattr(tokenizer, attr, None)
-        if value is not None and value < vocab:
-            fields[attr] = value
-    return OpenELMConfig.from_name(config.model.name, **fields)
-
-
 def resolve_precision(config: RunConfig, device: torch.device) -> str:
     return training_precision(config.train.precision, device)
 
@@ -192,7 +167,7 @@ class CausalLMTask:
         self.loader_factory = loader_factory
         self.precision = resolve_precision(config, env.device)
 
-        self.model_config = build_model_config(config, tokenizer)
+        self.model_config = config.model_config(tokenizer)
         from elmforge.model.modeling import OpenELMForCausalLM
 
         torch.manual_seed(config.seed)  # the initial weights depend on the seed only
