@@ -1,13 +1,19 @@
-"""Shared helpers of the benchmark scripts: tables and JSON results."""
+"""Shared helpers of the benchmark scripts: tables, JSON results and server processes."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import platform
+import re
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from elmforge.environment import machine, versions
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -27,13 +33,11 @@ def _fmt(value: object) -> str:
 
 
 def environment() -> dict:
+    """The machine (CPU named as lscpu does), the threads torch uses, the versions that decide
+    the figures, and the GPU if any."""
     return {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "processor": platform.processor(),
-        "cpus": os.cpu_count(),
+        **machine(torch.get_num_threads()),
+        "versions": versions(),
         "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
@@ -45,3 +49,41 @@ def write_json(name: str, payload: dict, out: str | None = None) -> Path:
     tmp.write_text(json.dumps({"environment": environment(), **payload}, indent=2) + "\n")
     tmp.replace(path)
     return path
+
+
+# `elmforge serve --port 0` prints the address it bound.
+SERVE_ADDRESS = re.compile(r"on (http://127\.0\.0\.1:\d+)")
+
+
+@contextlib.contextmanager
+def running_server(
+    command: list[str], log: Path, url: str | None = None, timeout: float = 600
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """Run a server ``command`` (its output into ``log``) until the with-block ends, yielding
+    (process, base URL) once ``URL/v1/models`` answers. Without ``url`` the address is read from
+    the log, where ``elmforge serve --port 0`` prints it. Stopped with SIGTERM, then SIGKILL."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CI": "true", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while True:
+            if url is None and (found := SERVE_ADDRESS.search(log.read_text(errors="replace"))):
+                url = found.group(1)
+            if url is not None:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
+                        break
+            if process.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{' '.join(command[:4])} did not start:\n{tail}")
+            time.sleep(0.5)
+        yield process, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()

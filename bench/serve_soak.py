@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/serve_soak.py [--minutes 10] [--clients 8] [--disconnect 0.1]
 
-Builds a small random OpenELM (OpenELM-micro's shape, a BPE tokenizer trained on the built-in
+Builds a small random OpenELM (two layers of width 64, a BPE tokenizer trained on the built-in
 corpus) in a temporary directory and starts a real `elmforge serve` process on 127.0.0.1. Each of
 ``--clients`` threads sends requests back to back (after a warm-up request of each endpoint) until the time is up, each one drawn at random:
 completions or chat, streamed or not, 8-32 tokens; ``--disconnect`` of the streamed ones are
@@ -21,11 +21,8 @@ import argparse
 import contextlib
 import itertools
 import json
-import os
 import random
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,10 +32,9 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import print_table, write_json
+from common import print_table, running_server, write_json
 
 WORDS = ["the", "cat", "dog", "sun", "moon", "tree", "river", "stone", "bird", "fish", "apple"]
-ADDRESS = re.compile(r"on (http://127\.0\.0\.1:\d+)")
 
 
 def build_model(directory: Path) -> None:
@@ -51,7 +47,10 @@ def build_model(directory: Path) -> None:
     texts = list(itertools.islice(iter_texts({"name": "builtin:python-docs"}, "train"), 200))
     tokenizer = train_bpe_tokenizer(texts, 512, directory / "tokenizer")
     torch.manual_seed(0)
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=len(tokenizer))
+    config = OpenELMConfig.from_name(
+        "OpenELM-tiny", num_transformer_layers=2, model_dim=64, head_dim=16, ffn_dim_divisor=32,
+        vocab_size=len(tokenizer), max_context_length=128, rope_max_length=256,
+    )  # fmt: skip
     OpenELMForCausalLM(config).eval().save_pretrained(directory)
     tokenizer.save_pretrained(directory)
 
@@ -64,31 +63,6 @@ def resident_mib(pid: int) -> float:
 
 
 @contextlib.contextmanager
-def running_server(model: Path, log: Path, max_batch: int):
-    command = [sys.executable, "-m", "elmforge.cli.main", "serve", str(model), "--port", "0",
-               "--max-batch", str(max_batch)]  # fmt: skip
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CI": "true", "TOKENIZERS_PARALLELISM": "false"}
-    with open(log, "w") as errors:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=errors, text=True,
-                                   env=env)  # fmt: skip
-    try:
-        url = None
-        for line in process.stdout:
-            match = ADDRESS.search(line)
-            if match:
-                url = match.group(1)
-                break
-        if url is None:
-            raise RuntimeError(f"the server did not start:\n{log.read_text()[-3000:]}")
-        yield process, url
-    finally:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
 class Load:
     """The clients' shared record: (finish time, latency s, kind) per request, and errors."""
 
@@ -169,7 +143,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="elmforge-soak-") as tmp:
         model = Path(tmp) / "model"
         build_model(model)
-        with running_server(model, Path(tmp) / "serve.log", args.clients) as (process, url):
+        command = [sys.executable, "-m", "elmforge.cli.main", "serve", str(model), "--port", "0",
+                   "--max-batch", str(args.clients)]  # fmt: skip
+        with running_server(command, Path(tmp) / "serve.log") as (process, url):
             # Warm-up outside the clock: the first requests build kernels and caches.
             for path, body in (("/v1/completions", {"prompt": "the cat"}),
                                ("/v1/chat/completions", {"messages": [{"role": "user",
