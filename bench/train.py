@@ -134,9 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     rows = []
     for shape in args.shapes:
-        batch = args.batch or (
-            8 if shape in ("OpenELM-tiny", "OpenELM-micro") or device.type == "cuda" else 1
-        )
+        batch = args.batch or (8 if shape == "OpenELM-tiny" or device.type == "cuda" else 1)
         for precision in args.precisions:
             measured = measure_modes(shape, precision, args.modes, device, batch, args.seq_len,
                                      args.steps, args.warmup, run_config)  # fmt: skip

@@ -43,19 +43,21 @@ def write_model_dir(
     tokenizer: Any = None,
     *,
     seed: int = 0,
-    name: str = "OpenELM-micro",
+    name: str | None = None,
     **fields: Any,
 ) -> Path:
-    """The one way the tests make a model directory: a randomly initialised OpenELM (``name``
-    with ``fields`` overriding its config, seeded) saved in HF layout, with ``tokenizer``'s
-    files beside it when one is given."""
+    """The one way the tests make a model directory: a randomly initialised OpenELM (preset
+    ``name``, or the tests' micro shape, with ``fields`` overriding its config, seeded) saved in
+    HF layout, with ``tokenizer``'s files beside it when one is given."""
     import torch
 
     from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
+    from tests.shapes import micro_config
 
     torch.manual_seed(seed)
-    OpenELMForCausalLM(OpenELMConfig.from_name(name, **fields)).save_pretrained(directory)
+    config = micro_config(**fields) if name is None else OpenELMConfig.from_name(name, **fields)
+    OpenELMForCausalLM(config).save_pretrained(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory

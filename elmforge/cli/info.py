@@ -11,7 +11,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "info",
         help="per-layer heads, FFN width and parameters of a preset or model directory",
         description="Show the layer-wise scaling of an OpenELM preset (OpenELM-270M, -450M, "
-        "-1_1B, -3B, -tiny, -micro) or of a model directory's config.json.",
+        "-1_1B, -3B, -tiny) or of a model directory's config.json.",
     )
     p.add_argument("model", metavar="NAME_OR_DIR", help="preset name or model directory")
     p.add_argument("--plot", metavar="FILE", help="also write a PNG of the layer-wise profile")

@@ -60,17 +60,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         max_context_length=256,
         **_PAPER_SCALING,
     ),
-    # Smaller still, for unit tests.
-    "OpenELM-micro": dict(
-        num_transformer_layers=2,
-        model_dim=64,
-        head_dim=16,
-        ffn_dim_divisor=32,
-        vocab_size=512,
-        max_context_length=128,
-        rope_max_length=256,
-        **_PAPER_SCALING,
-    ),
 }
 
 
@@ -244,7 +233,7 @@ class OpenELMConfig(PretrainedConfig):
     # -- named presets -------------------------------------------------------------------------
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> OpenELMConfig:
-        """A named preset (``OpenELM-270M``, ``-450M``, ``-1_1B``, ``-3B``, ``-tiny``, ``-micro``)."""
+        """A named preset (``OpenELM-270M``, ``-450M``, ``-1_1B``, ``-3B``, ``-tiny``)."""
         key = {k.lower(): k for k in PRESETS}.get(name.lower())
         if key is None:
             raise ConfigError(f"unknown model name {name!r}; presets: {', '.join(PRESETS)}")

@@ -9,7 +9,7 @@ embedding: exactly CoreNet's behaviour (its classifier computes ``F.linear(x,
 token_embeddings.weight)``, the base layer's weight).
 
 Merging. ``merge_and_unload`` adds the embedding's delta to the weight the head shares, which
-would change the head (measured: relative logit error 0.6 on a perturbed micro model). When the
+would change the head (measured: relative logit error 0.6 on a perturbed two-layer model). When the
 embedding carries an adapter and the head is tied, :func:`merge_adapter` therefore writes an
 untied model (``share_input_output_layers: false``, ``lm_head.weight`` = the base embedding),
 Apple's own layout for an untied head, which transformers, mlx-lm and llama.cpp load; merged

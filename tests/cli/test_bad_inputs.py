@@ -3,7 +3,7 @@
 A table of hostile command lines (configs, data files, checkpoints, tokenizers, prompts, flag
 values) over the verbs ``demo``, ``info``, ``generate``, ``convert``, ``data``, ``tokenizer``,
 ``pretrain``, ``average`` and ``evaluate``. Each case is a real ``elmforge`` process run in one
-shared workspace built once: a BPE tokenizer, a 2-step run of OpenELM-micro with its checkpoints,
+shared workspace built once: a BPE tokenizer, a 2-step run of the micro shape with its checkpoints,
 and damaged copies of its model. After every case the runs and earlier outputs are byte-for-byte
 what they were, and no temporary file is left anywhere.
 """
@@ -301,14 +301,14 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     # -- info ----------------------------------------------------------------------------------
     "info-unknown-preset": (["info", "OpenELM-9B"], ["OpenELM-9B", "preset"]),
     "info-llama-config": (["info", "m-llama"], ["m-llama", "llama"]),
-    "info-plot-run-dir": (["info", "OpenELM-micro", "--plot", "run"], ["run"]),
-    "info-plot-directory": (["info", "OpenELM-micro", "--plot", "mine"], ["mine", "directory"]),
+    "info-plot-run-dir": (["info", "OpenELM-tiny", "--plot", "run"], ["run"]),
+    "info-plot-directory": (["info", "OpenELM-tiny", "--plot", "mine"], ["mine", "directory"]),
     "info-plot-existing-file": (
-        ["info", "OpenELM-micro", "--plot", "file.txt"],
+        ["info", "OpenELM-tiny", "--plot", "file.txt"],
         ["file.txt", "--force"],
     ),
-    "info-plot-under-a-file": (["info", "OpenELM-micro", "--plot", "file.txt/p.png"], ["file.txt"]),
-    "info-plot-into-run": (["info", "OpenELM-micro", "--plot", "run/loss.png"], ["run/loss.png"]),
+    "info-plot-under-a-file": (["info", "OpenELM-tiny", "--plot", "file.txt/p.png"], ["file.txt"]),
+    "info-plot-into-run": (["info", "OpenELM-tiny", "--plot", "run/loss.png"], ["run/loss.png"]),
     # -- convert -------------------------------------------------------------------------------
     "convert-onto-file": (
         ["convert", "corenet-to-hf", "model.pt", "file.txt", "--name", M],

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_support import assert_clean_error
+from tests.shapes import micro_config
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # os.fsync fails as it does on a full disk (delayed allocation reports ENOSPC there).
@@ -34,7 +35,7 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("args", "output"),
     [
-        (["info", "OpenELM-micro", "--plot", "plot.png"], "plot.png"),
+        (["info", "OpenELM-tiny", "--plot", "plot.png"], "plot.png"),
         (
             ["tokenizer", "train", "--data", "builtin:python-docs", "--max-documents", "5",
              "--vocab-size", "300", "--out", "tok"],
@@ -67,7 +68,7 @@ def _mount_command(directory: Path) -> list[str] | None:
 
 @pytest.mark.slow
 def test_converting_onto_a_full_tmpfs(tmp_path: Path) -> None:
-    from elmforge import OpenELMConfig, OpenELMForCausalLM
+    from elmforge import OpenELMForCausalLM
     from elmforge.model.convert import hf_to_corenet
 
     small = tmp_path / "small"
@@ -76,13 +77,13 @@ def test_converting_onto_a_full_tmpfs(tmp_path: Path) -> None:
     if prefix is None:
         pytest.skip("cannot mount a tmpfs here (needs root or user namespaces)")
     model = tmp_path / "model"
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(model)
+    OpenELMForCausalLM(micro_config()).save_pretrained(model)
     checkpoint = hf_to_corenet(model, tmp_path / "model.pt")
     script = (
         f"mount -t tmpfs -o size=1m tmpfs {small} && "
         f"head -c 900000 /dev/zero > {small}/filler && "
         f"{sys.executable} -m elmforge.cli.main convert corenet-to-hf {checkpoint} {small}/hf "
-        f"--name OpenELM-micro; status=$?; ls -A {small} >&2; exit $status"
+        f"--name {model}; status=$?; ls -A {small} >&2; exit $status"
     )
     proc = subprocess.run(
         [*prefix, "sh", "-c", script], env=_env(), capture_output=True, text=True, timeout=300

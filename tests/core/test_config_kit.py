@@ -11,6 +11,7 @@ from elmforge.cli.main import build_parser
 from elmforge.config import overrides_of
 from elmforge.errors import ConfigError
 from elmforge.train.config import RunConfig
+from tests.shapes import micro_model_section
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,7 +35,7 @@ def test_unknown_flag_is_a_usage_error(capsys):
 
 def test_override_errors_blame_the_command_line_not_the_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"model": {"name": "OpenELM-micro"}}))
+    path.write_text(yaml.safe_dump({"model": micro_model_section()}))
     with pytest.raises(ConfigError, match=r"^command-line override: model\.shape\.num_layerz"):
         RunConfig.from_yaml(path, ["model.shape.num_layerz=3"])
     path.write_text(yaml.safe_dump({"optim": {"lr": "fast"}}))

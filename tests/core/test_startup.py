@@ -13,6 +13,7 @@ import pytest
 
 from elmforge import __version__
 from tests.cli_support import run_elmforge
+from tests.shapes import micro_config
 
 HEAVY = ("torch", "transformers", "numpy", "lm_eval", "pyarrow", "tokenizers", "datasets")
 
@@ -99,12 +100,10 @@ def test_version():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from elmforge import OpenELMConfig, OpenELMForCausalLM
+    from elmforge import OpenELMForCausalLM
 
     directory = tmp_path_factory.mktemp("micro")
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=300)).save_pretrained(
-        directory
-    )
+    OpenELMForCausalLM(micro_config(vocab_size=300)).save_pretrained(directory)
     return directory
 
 

@@ -9,6 +9,7 @@ import torch
 
 from tests.conftest import write_model_dir
 from tests.evaluate.eval_helpers import corpus_strings, train_tokenizer, write_task_dir
+from tests.shapes import micro_config
 
 
 @pytest.fixture(autouse=True)
@@ -31,10 +32,10 @@ def tokenizer(task_dir):
 
 @pytest.fixture(scope="session")
 def tiny_model(tokenizer):
-    from elmforge import OpenELMConfig, OpenELMForCausalLM
+    from elmforge import OpenELMForCausalLM
 
     torch.manual_seed(0)
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=512, max_context_length=256)
+    config = micro_config(vocab_size=512, max_context_length=256)
     return OpenELMForCausalLM(config).eval()
 
 

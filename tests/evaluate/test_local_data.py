@@ -12,6 +12,7 @@ from elmforge.errors import DataError, ElmforgeError
 from elmforge.evaluate import evaluate_model
 from tests.conftest import LLAMA2_TOKENIZER, SHARED_DATA, require_shared
 from tests.evaluate.eval_helpers import _write_jsonl
+from tests.shapes import micro_config
 
 
 def test_missing_test_split_names_the_path_unless_fallback_allowed(
@@ -72,12 +73,12 @@ def test_suite_and_task_list_are_exclusive(tiny_model, tokenizer):
 def test_real_schemas_with_the_llama2_tokenizer(tmp_path):
     """Every benchmark file in shared/data/eval-samples runs through its lm-eval task."""
     samples = require_shared(SHARED_DATA / "eval-samples")
-    from elmforge import OpenELMConfig, OpenELMForCausalLM
+    from elmforge import OpenELMForCausalLM
     from elmforge.data.tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(require_shared(LLAMA2_TOKENIZER))
     torch.manual_seed(0)
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=32000)
+    config = micro_config(vocab_size=32000)
     model = OpenELMForCausalLM(config).eval()
     tasks = [
         "arc_easy",

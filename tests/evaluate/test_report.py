@@ -5,6 +5,7 @@ from __future__ import annotations
 from elmforge.evaluate.paper import PAPER_FIGURES, match_paper_variant
 from elmforge.evaluate.report import render_markdown, suite_average
 from elmforge.model.config import OpenELMConfig
+from tests.shapes import micro_config
 
 
 def _report(variant: str | None, suite: str, results: dict) -> dict:
@@ -20,7 +21,7 @@ def _report(variant: str | None, suite: str, results: dict) -> dict:
 def test_variant_is_recognised_from_the_architecture():
     assert match_paper_variant(OpenELMConfig.from_name("OpenELM-270M")) == "OpenELM-270M"
     assert match_paper_variant(OpenELMConfig.from_name("OpenELM-1_1B")) == "OpenELM-1_1B"
-    assert match_paper_variant(OpenELMConfig.from_name("OpenELM-micro")) is None
+    assert match_paper_variant(micro_config()) is None
 
 
 def test_paper_figures_are_shown_with_their_table_only_for_the_matching_variant():

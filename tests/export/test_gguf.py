@@ -202,15 +202,15 @@ def test_q8_0_logits_within_tolerance_of_fp32(shape, sp_model, tmp_path):
 
 def test_preset_shapes_get_apple_s_config_back(sp_model, tmp_path):
     model_dir = make_model_dir(tmp_path / "m", sp_model, shape="uniform-2-layers")
-    micro = tmp_path / "micro"
+    tiny = tmp_path / "tiny"
     from elmforge import OpenELMConfig, OpenELMForCausalLM
     from elmforge.modeldir.complete import complete_model_dir
 
     OpenELMForCausalLM(
-        OpenELMConfig.from_name("OpenELM-micro", vocab_size=SP_VOCAB)
-    ).save_pretrained(micro)
-    complete_model_dir(micro, sp_model)
-    for source in (micro, model_dir):
+        OpenELMConfig.from_name("OpenELM-tiny", vocab_size=SP_VOCAB)
+    ).save_pretrained(tiny)
+    complete_model_dir(tiny, sp_model)
+    for source in (tiny, model_dir):
         back = gguf_to_hf(
             hf_to_gguf(source, tmp_path / f"{source.name}.gguf"), tmp_path / f"{source.name}-back"
         )
@@ -222,8 +222,8 @@ def test_preset_shapes_get_apple_s_config_back(sp_model, tmp_path):
         restored = OpenELMConfig.from_pretrained(back)
         assert restored.ffn_dims() == OpenELMConfig.from_pretrained(source).ffn_dims()
     # The preset is recognised: the multipliers are Apple's (min, max) pairs, not per-layer lists.
-    after = json.loads((tmp_path / "micro-back" / "config.json").read_text())
-    assert after["qkv_multipliers"] == [0.5, 1.0] and after["ffn_dim_divisor"] == 32
+    after = json.loads((tmp_path / "tiny-back" / "config.json").read_text())
+    assert after["qkv_multipliers"] == [0.5, 1.0] and after["ffn_dim_divisor"] == 64
 
 
 def test_untied_head_is_refused(sp_model, tmp_path):

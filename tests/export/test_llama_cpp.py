@@ -162,7 +162,7 @@ CONVERSATIONS = [
 def test_embedded_chat_template_renders_like_ours(sp_model, tmp_path):
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-    model_dir = make_model_dir(tmp_path / "OpenELM-micro-Instruct", sp_model)
+    model_dir = make_model_dir(tmp_path / "OpenELM-tiny-Instruct", sp_model)
     path = hf_to_gguf(model_dir, tmp_path / "chat.gguf")
     llm = open_llama(path)
     try:

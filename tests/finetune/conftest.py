@@ -60,14 +60,14 @@ def bpe_tokenizer():
 
 
 def make_model_dir(directory: Path, tokenizer: Any, seed: int = 0, **shape: Any) -> Path:
-    """OpenELM-micro with ``tokenizer``, its vocabulary rounded up to a multiple of 64."""
+    """The micro shape with ``tokenizer``, its vocabulary rounded up to a multiple of 64."""
     vocab = -(-len(tokenizer) // 64) * 64
     return write_model_dir(directory, tokenizer, seed=seed, vocab_size=vocab, **shape)
 
 
 @pytest.fixture(scope="session")
 def base_model_dir(tmp_path_factory, bpe_tokenizer) -> Path:
-    """A randomly initialised OpenELM-micro with the BPE tokenizer, in HF layout."""
+    """A randomly initialised micro-shape model with the BPE tokenizer, in HF layout."""
     return make_model_dir(tmp_path_factory.mktemp("base") / "micro", bpe_tokenizer)
 
 

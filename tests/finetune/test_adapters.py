@@ -17,6 +17,7 @@ from elmforge.finetune.config import DEFAULT_TARGETS, FinetuneConfig
 from elmforge.finetune.trainer import FinetuneJob, finetune
 from elmforge.modeldir import adapters as applied
 from tests.finetune.conftest import instruction_rows, make_model_dir, write_json
+from tests.shapes import micro_config
 
 REL_TOL = 1e-4
 
@@ -27,10 +28,9 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor | np.ndarray) -> flo
 
 
 def _micro():
-    from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
 
-    return OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro"))
+    return OpenELMForCausalLM(micro_config())
 
 
 @pytest.mark.parametrize("method", ["lora", "dora"])

@@ -16,6 +16,7 @@ from elmforge.finetune.losses import dpo_loss, reward_metrics, sequence_logps
 from elmforge.finetune.tokenize import IGNORE_INDEX, collate, encode_preferences, encode_sft
 from elmforge.train.optim import loss_sums
 from tests.finetune.conftest import preference_rows
+from tests.shapes import micro_config
 
 # log pi(chosen), log pi(rejected), log ref(chosen), log ref(rejected) for three pairs.
 POLICY_CHOSEN = torch.tensor([-10.0, -20.0, -5.0])
@@ -48,11 +49,10 @@ def test_sequence_logps_sum_the_labelled_tokens() -> None:
 
 
 def _micro(tokenizer, seed: int):
-    from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
 
     torch.manual_seed(seed)
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=-(-len(tokenizer) // 64) * 64)
+    config = micro_config(vocab_size=-(-len(tokenizer) // 64) * 64)
     return OpenELMForCausalLM(config)
 
 

@@ -14,11 +14,11 @@ from elmforge.finetune import adapters
 from elmforge.finetune.config import FinetuneConfig
 from elmforge.finetune.tasks import SFTTask, make_batch
 from elmforge.finetune.tokenize import TokenRow
-from elmforge.model.config import OpenELMConfig
 from elmforge.model.modeling import OpenELMForCausalLM
 from elmforge.train.distributed import DistEnv
 from elmforge.train.engine import Engine, enable_activation_checkpointing
 from elmforge.train.optim import WarmupCosineSchedule
+from tests.shapes import micro_config
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -34,7 +34,7 @@ def _rows(count: int, length: int = 20) -> list[TokenRow]:
 
 def _gradients(peft: str, checkpointing: bool, batches: list[list[TokenRow]]) -> dict:
     torch.manual_seed(0)
-    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=256))
+    model = OpenELMForCausalLM(micro_config(vocab_size=256))
     if checkpointing:
         enable_activation_checkpointing(model, reentrant=False)
     if peft != "none":

@@ -13,11 +13,11 @@ from elmforge.finetune.config import FinetuneConfig
 from elmforge.finetune.tasks import ExampleLoader, make_batch, make_packed_batch
 from elmforge.finetune.tokenize import TokenRow
 from elmforge.finetune.trainer import FinetuneJob, finetune
-from elmforge.model.config import OpenELMConfig
 from elmforge.model.modeling import OpenELMForCausalLM
 from elmforge.train.distributed import DistEnv
 from elmforge.train.optim import loss_sums
 from tests.finetune.conftest import instruction_rows, write_json
+from tests.shapes import micro_config
 
 ENV = DistEnv(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
 
@@ -29,7 +29,7 @@ def _example(seed: int, length: int) -> TokenRow:
 
 def _model() -> OpenELMForCausalLM:
     torch.manual_seed(0)
-    return OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=256)).eval()
+    return OpenELMForCausalLM(micro_config(vocab_size=256)).eval()
 
 
 def _logits(model, batch) -> torch.Tensor:

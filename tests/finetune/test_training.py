@@ -17,6 +17,7 @@ from elmforge.finetune.losses import preference_margin
 from elmforge.finetune.tokenize import encode_preferences, pad_id_of
 from elmforge.finetune.trainer import FinetuneJob, finetune
 from tests.finetune.conftest import COLOURS, THINGS, instruction_rows, write_json, write_jsonl
+from tests.shapes import micro_config
 
 QUICK = ["log.progress=plain", "log.log_every=2", "checkpoint.save_every=100",
          "schedule.warmup_ratio=0.0", "train.num_threads=1"]  # fmt: skip
@@ -118,13 +119,10 @@ def test_apples_hub_layout_without_tokenizer_gets_llama2_and_the_template(
     """Apple's -Instruct repos ship config.json (with an auto_map) and weights, no tokenizer."""
     from transformers import AutoTokenizer
 
-    from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
 
-    hub = tmp_path / "OpenELM-micro-Instruct"
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=32000)).save_pretrained(
-        hub
-    )
+    hub = tmp_path / "OpenELM-tiny-Instruct"
+    OpenELMForCausalLM(micro_config(vocab_size=32000)).save_pretrained(hub)
     config = json.loads((hub / "config.json").read_text())
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"}
     (hub / "config.json").write_text(json.dumps(config))

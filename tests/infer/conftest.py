@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
+from tests.shapes import micro_config
 
 
 @pytest.fixture(scope="module")
 def micro_dir(tmp_path_factory):
-    """A random OpenELM-micro model directory (seed 0), no tokenizer."""
+    """A random micro-shape model directory (seed 0), no tokenizer."""
     directory = tmp_path_factory.mktemp("micro")
     torch.manual_seed(0)
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(directory)
+    OpenELMForCausalLM(micro_config()).save_pretrained(directory)
     return directory

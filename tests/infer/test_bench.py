@@ -12,10 +12,11 @@ import sys
 import pytest
 import torch
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
 from elmforge.files import output_verb
 from tests.cli_support import run_elmforge
 from tests.export.helpers import train_sentencepiece
+from tests.shapes import micro_config
 
 ROW_FIELDS = {
     "engine", "dtype", "format", "batch", "prompt_tokens_per_s", "generation_tokens_per_s",
@@ -33,7 +34,7 @@ PEERS = {"llama.cpp": "llama.cpp", "mlx-lm": "mlx-lm", "naive": "naive"}
 def model_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("micro")
     torch.manual_seed(0)
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(directory)
+    OpenELMForCausalLM(micro_config()).save_pretrained(directory)
     train_sentencepiece(directory / "tokenizer.model")  # the GGUF file needs a vocabulary
     return directory
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
 from elmforge.model import cpu_kernels
+from tests.shapes import micro_config
 
 pytestmark = pytest.mark.skipif(
     not cpu_kernels.load_kernels(), reason=f"no CPU kernels: {cpu_kernels.status()}"
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_qkv_rope_equals_the_plain_path(norms, dtype):
     torch.manual_seed(0)
-    config = OpenELMConfig.from_name("OpenELM-micro", normalize_qk_projections=norms)
+    config = micro_config(normalize_qk_projections=norms)
     model = OpenELMForCausalLM(config).eval()
     attention = model.transformer.layers[0].attn.to(dtype)
     heads, kv_heads, dim = attention.num_q_heads, attention.num_kv_heads, attention.head_dim
@@ -39,7 +40,7 @@ def test_qkv_rope_equals_the_plain_path(norms, dtype):
 
 def test_decode_steps_use_it_and_training_does_not():
     torch.manual_seed(0)
-    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).eval()
+    model = OpenELMForCausalLM(micro_config()).eval()
     qkv = torch.randn(1, 1, 8, 64)
     with torch.inference_mode():
         assert cpu_kernels.qkv_rope_usable_for(qkv)
@@ -60,7 +61,7 @@ def test_decode_steps_use_it_and_training_does_not():
 def test_warm_up_keeps_the_compiled_step_only_if_it_is_faster(monkeypatch):
     from elmforge.model import decoding
 
-    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).eval()
+    model = OpenELMForCausalLM(micro_config()).eval()
     monkeypatch.setattr(model, "generate", lambda *a, **kw: None)  # no compiling here
     for compiled, eager, kept in ((0.010, 0.012, True), (0.012, 0.010, False)):
         steps = iter([compiled, eager])

@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
 from elmforge.cli.main import main
 from elmforge.data.tokenizer import train_bpe_tokenizer
 from elmforge.infer.generate import SamplingOptions, generate_text
 from elmforge.modeldir.loading import load
 from tests.conftest import write_model_dir
+from tests.shapes import micro_config
 
 CORPUS = [f"def function_{i}(x):\n    return x + {i}\n" for i in range(300)]
 
@@ -46,6 +47,7 @@ def test_generate_text_greedy_matches_manual_argmax(model_dir):
     assert text == tokenizer.decode(ids[0, prompt_len:], skip_special_tokens=True)
 
 
+@pytest.mark.slow
 def test_generate_cli_subprocess_streams_and_is_seeded(model_dir):
     command = [sys.executable, "-m", "elmforge.cli.main", "generate", str(model_dir)]
     command += ["--prompt", "def function_", "--max-new-tokens", "8", "--seed", "3"]
@@ -61,7 +63,7 @@ def test_generate_cli_errors(model_dir, tmp_path, capsys):
     assert main(["generate", str(tmp_path / "nope"), "--prompt", "x"]) == 2
     assert "nope" in capsys.readouterr().err
     bare = tmp_path / "bare"
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(bare)
+    OpenELMForCausalLM(micro_config()).save_pretrained(bare)
     capsys.readouterr()
     assert main(["generate", str(bare), "--prompt", "x"]) == 2
     err = capsys.readouterr().err.strip()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
 from elmforge.data.tokenizer import load_tokenizer, train_bpe_tokenizer
 from elmforge.infer.detokenize import TextAssembler, held_back_length
 from elmforge.infer.generate import (
@@ -18,6 +18,7 @@ from elmforge.infer.generate import (
     generate_text,
 )
 from tests.cli_support import run_elmforge
+from tests.shapes import micro_config
 
 CORPUS = [f"def function_{i}(x):\n    return x + {i}  # done\n" for i in range(300)]
 
@@ -29,7 +30,7 @@ def tokenizer():
 
 def micro(vocab: int, seed: int = 0, **overrides) -> OpenELMForCausalLM:
     torch.manual_seed(seed)
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=vocab, **overrides)
+    config = micro_config(vocab_size=vocab, **overrides)
     return OpenELMForCausalLM(config).eval()
 
 

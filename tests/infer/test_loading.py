@@ -8,11 +8,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
 from elmforge.data.tokenizer import train_bpe_tokenizer
 from elmforge.errors import CheckpointError, ElmforgeError
 from elmforge.modeldir.loading import load
 from elmforge.runtime import resolve_dtype
+from tests.shapes import micro_config
 
 CORPUS = [f"value_{i} = compute({i}, {i * 3})\n" for i in range(200)]
 
@@ -36,7 +37,7 @@ def test_dtype_spellings_and_auto() -> None:
 
 
 def test_openelm_dir_with_a_separate_tokenizer_keeps_its_weights(tmp_path, tokenizer_dir) -> None:
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=300)
+    config = micro_config(vocab_size=300)
     model = OpenELMForCausalLM(config)
     model.save_pretrained(tmp_path)
     result = load(tmp_path, tokenizer=tokenizer_dir, device="cpu", dtype="bf16")
@@ -80,17 +81,17 @@ def test_llama2_vocabulary_without_tokenizer_files_gets_llama2(tmp_path, llama2_
     from elmforge.data.tokenizer import default_tokenizer_path
     from elmforge.modeldir.loading import find_tokenizer
 
-    config = OpenELMConfig.from_name("OpenELM-micro", vocab_size=32000)
+    config = micro_config(vocab_size=32000)
     OpenELMForCausalLM(config).save_pretrained(tmp_path / "apple-like")
     assert find_tokenizer(tmp_path / "apple-like") == default_tokenizer_path()
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro")).save_pretrained(tmp_path / "other")
+    OpenELMForCausalLM(micro_config()).save_pretrained(tmp_path / "other")
     with pytest.raises(ElmforgeError, match="has no tokenizer"):
         find_tokenizer(tmp_path / "other")
 
 
 def test_a_training_checkpoint_loads_like_its_model_directory(tmp_path, tokenizer_dir) -> None:
     checkpoint = tmp_path / "checkpoints" / "step-00000004"
-    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=300))
+    model = OpenELMForCausalLM(micro_config(vocab_size=300))
     model.save_pretrained(checkpoint / "model")
     loaded = load(checkpoint, tokenizer=tokenizer_dir, device="cpu")
     assert loaded.directory == checkpoint / "model"
@@ -119,7 +120,7 @@ def test_a_model_argument_names_the_same_directory_for_every_verb(tmp_path, toke
             prepare_model_dir(path)
         with pytest.raises(CheckpointError, match=message):
             hf_to_gguf(path, tmp_path / "x.gguf")
-    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=300))
+    model = OpenELMForCausalLM(micro_config(vocab_size=300))
     model.save_pretrained(run / "final")
     loaded = load(run, tokenizer=tokenizer_dir, device="cpu")
     assert loaded.directory == run / "final"

@@ -7,21 +7,20 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
 from elmforge.errors import CheckpointError
 from elmforge.model.convert import load_pretrained
 from elmforge.model.quant import QuantizedLinear, quantize_model
 from elmforge.model.quant_load import ROW_BLOCK, load_quantized_pretrained
 from elmforge.modeldir.loading import load, load_model
+from tests.shapes import micro_config
 
 
 @pytest.fixture(scope="module", params=[True, False], ids=["tied-head", "own-head"])
 def model_dir(request, tmp_path_factory):
     directory = tmp_path_factory.mktemp("micro")
     # A vocabulary over one block of rows: the head is quantised in more than one block.
-    config = OpenELMConfig.from_name(
-        "OpenELM-micro", share_input_output_layers=request.param, vocab_size=ROW_BLOCK + 100
-    )
+    config = micro_config(share_input_output_layers=request.param, vocab_size=ROW_BLOCK + 100)
     torch.manual_seed(0)
     OpenELMForCausalLM(config).save_pretrained(directory)
     return directory

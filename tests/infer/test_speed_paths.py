@@ -154,6 +154,7 @@ def test_without_kernels_every_path_falls_back_to_plain_torch(monkeypatch):
 # -- reduced precision on trained models -------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(STATED))
 def test_reduced_precision_keeps_the_float32_greedy_tokens(kernels, markov, kind):
     model, chain = markov

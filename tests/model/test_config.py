@@ -10,6 +10,7 @@ from transformers import AutoConfig
 import elmforge
 from elmforge import OpenELMConfig, make_divisible
 from elmforge.cli.main import main
+from tests.shapes import micro_config
 
 # docs/openelm.md, "Variants and parameter counts": parameters, the tied embedding counted once.
 PAPER_PARAMETERS = {
@@ -114,7 +115,7 @@ def test_model_parameter_count_equals_config_count():
     config = OpenELMConfig.from_name("OpenELM-tiny")
     model = elmforge.OpenELMForCausalLM(config)
     assert model.num_parameters() == config.num_parameters_total()
-    untied = OpenELMConfig.from_name("OpenELM-micro", share_input_output_layers=False)
+    untied = micro_config(share_input_output_layers=False)
     model = elmforge.OpenELMForCausalLM(untied)
     assert model.num_parameters() == untied.num_parameters_total()
 

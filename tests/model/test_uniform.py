@@ -12,6 +12,7 @@ from elmforge.model.uniform import (
     layer_parameters,
     match_uniform,
 )
+from tests.shapes import MICRO_SHAPE
 
 # The four paper presets, the CPU presets, and shapes the presets do not cover.
 SHAPES = [
@@ -22,8 +23,8 @@ SHAPES = [
     ("OpenELM-tiny", {}),
     ("OpenELM-tiny", {"vocab_size": 4096}),
     ("OpenELM-tiny", {"num_transformer_layers": 8, "vocab_size": 4096}),
-    ("OpenELM-micro", {}),
-    ("OpenELM-micro", {"num_transformer_layers": 6, "ffn_multipliers": [1.0, 3.0]}),
+    ("OpenELM-tiny", MICRO_SHAPE),
+    ("OpenELM-tiny", {**MICRO_SHAPE, "num_transformer_layers": 6, "ffn_multipliers": [1.0, 3.0]}),
     ("OpenELM-270M", {"num_transformer_layers": 10, "qkv_multipliers": [0.25, 1.5]}),
     ("OpenELM-270M", {"share_input_output_layers": False, "num_gqa_groups": 2}),
 ]
@@ -74,10 +75,12 @@ def test_vocabulary_counts_but_stays_out_of_the_shape():
 
 
 def test_tighter_tolerance_is_honoured_or_refused():
-    loose = match_uniform("OpenELM-micro", {"qkv_multipliers": [0.5, 2.0]})
+    loose = match_uniform("OpenELM-tiny", {**MICRO_SHAPE, "qkv_multipliers": [0.5, 2.0]})
     assert 0.001 < abs(loose.relative_gap) <= 0.01
     with pytest.raises(ConfigError, match=r"within 0\.1%"):
-        match_uniform("OpenELM-micro", {"qkv_multipliers": [0.5, 2.0]}, tolerance=0.001)
+        match_uniform(
+            "OpenELM-tiny", {**MICRO_SHAPE, "qkv_multipliers": [0.5, 2.0]}, tolerance=0.001
+        )
 
 
 def test_already_uniform_is_refused():
@@ -87,9 +90,9 @@ def test_already_uniform_is_refused():
 
 def test_a_budget_no_uniform_shape_can_match_is_refused():
     # Two layers of width 32: one step of the FFN width moves the total by more than 2%.
-    shape = {"model_dim": 32, "head_dim": 8, "qkv_multipliers": [0.5, 2.0]}
+    shape = {**MICRO_SHAPE, "model_dim": 32, "head_dim": 8, "qkv_multipliers": [0.5, 2.0]}
     with pytest.raises(ConfigError, match=r"no uniform shape comes within 1\.0%.*35,520"):
-        match_uniform("OpenELM-micro", shape, vocab_size=384)
+        match_uniform("OpenELM-tiny", shape, vocab_size=384)
 
 
 @pytest.mark.parametrize("config", ["lws-cpu.yaml", "lws-270m.yaml"])

@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from tests.cli_support import assert_clean_error, run_elmforge
+from tests.shapes import micro_config
 
 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory, model_dir):
-    from elmforge import OpenELMConfig, OpenELMForCausalLM
+    from elmforge import OpenELMForCausalLM
 
     root = tmp_path_factory.mktemp("bad-inputs")
     bare = root / "bare"  # a model without a tokenizer (and not LLaMA-2's vocabulary)
@@ -23,9 +24,7 @@ def dirs(tmp_path_factory, model_dir):
         shutil.copy(model_dir / name, bare / name)
     torch.manual_seed(0)
     other_vocab = root / "other-vocab"
-    OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro", vocab_size=300)).save_pretrained(
-        other_vocab
-    )
+    OpenELMForCausalLM(micro_config(vocab_size=300)).save_pretrained(other_vocab)
     not_adapter = root / "not-adapter"
     not_adapter.mkdir()
     return {"bare": bare, "other_vocab": other_vocab, "not_adapter": not_adapter}

@@ -124,6 +124,7 @@ def test_aborted_streams_free_their_slots(server, model_dir):
     assert time.monotonic() - started < 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_shuts_down_gracefully_with_status_0(model_dir, tmp_path, sig):
     """A request running when the signal comes finishes (within the grace time), then the

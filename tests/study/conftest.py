@@ -13,7 +13,7 @@ from tests.train.helpers import micro_run
 
 
 def micro_study(tokenizer_dir: Path, **study: Any) -> dict[str, Any]:
-    """Two arms of OpenELM-micro, 4 steps of 4 x 32 tokens per run, scored on 6 documents."""
+    """Two arms of the micro shape, 4 steps of 4 x 32 tokens per run, scored on 6 documents."""
     run = micro_run(
         tokenizer_dir,
         schedule={"warmup_steps": 1, "max_steps": 4},

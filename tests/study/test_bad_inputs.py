@@ -18,6 +18,9 @@ from elmforge.cli.main import main
 from tests.cli_support import assert_clean_error, run_elmforge, tree_snapshot
 from tests.study.conftest import micro_study
 
+# The table builds a real run (and its tokenizer) once: seconds before the first row.
+pytestmark = pytest.mark.slow
+
 # The cases that also run as real processes.
 IN_A_PROCESS = {"no-uniform-match", "averaging-too-few", "tokens-out-in-run"}
 

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="session")
 def bpe_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 384-token byte-level BPE tokenizer (fits OpenELM-micro's 512 rows), trained once."""
+    """A 384-token byte-level BPE tokenizer (fits the micro shape's 512 rows), trained once."""
     from elmforge.data.sources import iter_texts
     from elmforge.data.tokenizer import train_bpe_tokenizer
 

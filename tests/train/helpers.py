@@ -12,13 +12,15 @@ from typing import Any
 
 import yaml
 
+from tests.shapes import micro_model_section
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def micro_run(tokenizer_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
-    """An OpenELM-micro run on pydoc's topics: seq_len 32, a handful of steps, one thread."""
+    """A micro-shape run on pydoc's topics: seq_len 32, a handful of steps, one thread."""
     run: dict[str, Any] = {
-        "model": {"name": "OpenELM-micro"},
+        "model": micro_model_section(),
         "data": {
             "sources": [{"name": "builtin:python-docs"}],
             "tokenizer": str(tokenizer_dir),

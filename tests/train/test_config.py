@@ -11,6 +11,7 @@ from elmforge.cli.main import main
 from elmforge.config import apply_overrides, field_docs
 from elmforge.errors import ConfigError
 from elmforge.train.config import RunConfig, documented_keys
+from tests.shapes import MICRO_SHAPE, micro_model_section
 from tests.train.helpers import REPO_ROOT, write_yaml
 
 CONFIGS = REPO_ROOT / "elmforge" / "configs"
@@ -54,14 +55,14 @@ def test_tiny_cpu_config_loads() -> None:
 def test_overrides_are_typed_and_yaml_1e_minus_3_is_a_float(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    path = write_yaml(tmp_path / "run.yaml", {"model": {"name": "OpenELM-micro"}})
+    path = write_yaml(tmp_path / "run.yaml", {"model": micro_model_section()})
     config = RunConfig.from_yaml(
         path, ["optim.lr=1e-3", "train.micro_batch_size=8", "model.shape.num_transformer_layers=3",
                "log.peak_flops=1e12", "train.grad_accum=2"]
     )  # fmt: skip
     assert config.optim.lr == 1e-3
     assert config.train.micro_batch_size == 8
-    assert config.model.shape == {"num_transformer_layers": 3}
+    assert config.model.shape == {**MICRO_SHAPE, "num_transformer_layers": 3}
     assert config.log.peak_flops == 1e12
     assert config.train.grad_accum == 2
     # Both spellings of a flag reach the config: `--key value` and `--key=value`.
@@ -174,7 +175,6 @@ def test_apply_overrides_refuses_malformed_items() -> None:
 
 
 def test_model_shape_applies_on_top_of_the_named_preset():
-    from elmforge.train.loop import build_model_config
 
     class Tokenizer:
         bos_token_id, eos_token_id, pad_token_id = 1, 2, None
@@ -182,8 +182,8 @@ def test_model_shape_applies_on_top_of_the_named_preset():
         def __len__(self) -> int:
             return 300
 
-    run = {"model": {"name": "OpenELM-micro", "shape": {"num_transformer_layers": 3}},
+    run = {"model": micro_model_section(num_transformer_layers=3),
            "data": {"seq_len": 32}}  # fmt: skip
-    model = build_model_config(RunConfig.from_dict(run), Tokenizer())
+    model = RunConfig.from_dict(run).model_config(Tokenizer())
     assert model.num_transformer_layers == 3 and len(model.num_query_heads) == 3
     assert model.vocab_size == 320  # auto: the tokenizer's size rounded up to 64

@@ -1,4 +1,4 @@
-"""The training loop on OpenELM-micro and the built-in corpus: outputs, learning, accumulation,
+"""The training loop on the micro shape and the built-in corpus: outputs, learning, accumulation,
 non-finite steps."""
 
 from __future__ import annotations

@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from elmforge import OpenELMConfig, OpenELMForCausalLM
+from elmforge import OpenELMForCausalLM
 from elmforge.train.config import OptimSection, ScheduleSection
 from elmforge.train.optim import WarmupCosineSchedule, build_optimizer, loss_sums, parameter_groups
+from tests.shapes import micro_config
 
 
 def test_weight_decay_on_matrices_and_embedding_not_on_norms() -> None:
-    model = OpenELMForCausalLM(OpenELMConfig.from_name("OpenELM-micro"))
+    model = OpenELMForCausalLM(micro_config())
     names = {id(p): n for n, p in model.named_parameters()}
     decay, no_decay = parameter_groups(model, 0.1)
     decayed = {names[id(p)] for p in decay["params"]}

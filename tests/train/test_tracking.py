@@ -27,7 +27,7 @@ def test_pretraining_reports_to_an_mlflow_file_store(
     run_id = json.loads((tmp_path / "run" / ".trackers.json").read_text())["mlflow"]
     tracked = client.get_run(run_id)
     assert tracked.data.tags["final_model"] == str(final)
-    assert tracked.data.params["model.name"] == "OpenELM-micro"
+    assert tracked.data.params["model.name"] == "OpenELM-tiny"
     val = client.get_metric_history(run_id, "val_loss")
     expected = [
         (r["step"], r["val_loss"]) for r in read_metrics(tmp_path / "run") if "val_loss" in r
