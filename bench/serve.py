@@ -175,7 +175,7 @@ def run_long_prompt(url: str, model: str, seed: int, streams: int = 4, tokens: i
             (during if long_times["sent"] <= b and a <= long_times["first"] else before).append(
                 b - a
             )
-    return {"scenario": "1,500-token prompt arrives", "itl_p50_s": statistics.median(before),
+    return {"scenario": "1,500-token prompt arrives", "itl_p50_s": statistics.median(before) if before else float("nan"),
             "itl_max_during_s": max(during) if during else float("nan"),
             "long_ttft_s": long_times["first"] - long_times["sent"]}  # fmt: skip
 
@@ -207,7 +207,8 @@ def prepare(args: argparse.Namespace, work: Path, peers: list[str]) -> dict[str,
     if "llama-server" in peers:
         if not gguf.is_file():
             subprocess.run([sys.executable, "-m", "elmforge.cli.main", "convert", "hf-to-gguf",
-                            str(hf_dir), str(gguf), "--type", "f32"], check=True)  # fmt: skip
+                            str(hf_dir), str(gguf), "--type", "f32", "--tokenizer", str(tokenizer)],
+                           check=True)  # fmt: skip
         # A context per slot big enough for the longest scenario (1,500 + 64 tokens).
         engines["llama-server"] = [str(llama_server_binary()), "-m", str(gguf), "-np", slots,
                                    "-t", str(args.threads), "-tb", str(args.threads),

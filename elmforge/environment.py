@@ -7,6 +7,7 @@ Zen differ by tens of percent on the same code).
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import os
 import platform
@@ -39,9 +40,11 @@ def cpuinfo_field(field: str) -> str | None:
     return None
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``avx512f``, ``amx_bf16``...) as /proc/cpuinfo lists them."""
-    return set((cpuinfo_field("flags") or "").split())
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (``avx512f``, ``amx_bf16``...) as /proc/cpuinfo lists them (read
+    once: prompt products ask on every call)."""
+    return frozenset((cpuinfo_field("flags") or "").split())
 
 
 def cpu_name() -> str:

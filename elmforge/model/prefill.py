@@ -24,23 +24,13 @@ from __future__ import annotations
 import functools
 import os
 import platform
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from elmforge.environment import cpu_flags
+
 ENV_GEMM = "ELMFORGE_PREFILL_GEMM"
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
