@@ -1,19 +1,27 @@
-"""Fine-tuning cost: tokens/s and peak memory of full fine-tuning vs LoRA vs DoRA, and DPO vs SFT.
+"""Fine-tuning cost: tokens/s and peak memory of full fine-tuning vs LoRA vs DoRA, at 1 and 2
+processes, with and without activation checkpointing and packing, and DPO vs SFT.
 
 OpenELM-270M shape (random weights, LLaMA-2's 32000-token vocabulary), sequences of 256 tokens.
-Each case runs in its own process (peak RSS is a per-process high-water mark) and times the
+Each case runs in its own process, or its own ``torchrun --nproc-per-node 2`` (FSDP2 as in a real
+run: gloo on CPU, NCCL on GPUs; peak RSS is a per-process high-water mark), and times the
 optimizer step the training engine takes for a fine-tuning task (``elmforge.finetune.tasks`` on
-``elmforge.train.engine.Engine.gradients``: forward, loss, backward, clipping; then AdamW) after one untimed warm-up step; the adapters are CoreNet's recipe
-(rank 32, alpha 32, dropout 0.1 on the embedding and the four projections). An SFT step takes
-``--rows`` sequences, a DPO step as many pairs (twice the policy tokens, plus the reference's
-forward pass). Memory: the process's peak RSS, and the same minus the RSS after the imports (the
-interpreter, torch and transformers, the same in every case). Cases take turns within each of
-``--rounds`` rounds (medians).
+``elmforge.train.engine.Engine.gradients``: forward, loss, backward, clipping; then AdamW) after
+one untimed warm-up step; the adapters are CoreNet's recipe (rank 32, alpha 32, dropout 0.1 on
+the embedding and the four projections). An SFT step takes ``--rows`` sequences per process, a
+DPO step as many pairs (twice the policy tokens, plus the reference's forward pass); tokens/s
+counts every process's tokens. Memory: the peak RSS (with 2 processes, the larger one's), and
+the same minus the RSS after the imports (the interpreter, torch and transformers, the same in
+every case). Cases take turns within each of ``--rounds`` rounds (medians).
+
+Packing is measured on ``--mixed-rows`` examples per process of mixed lengths (up to
+``--seq-len``): right-padded into one micro-batch ("pad") or packed into rows of ``--seq-len``
+tokens ("pack"); both count real tokens only, so the two rows compare the same work.
 
     .venv/bin/python bench/finetune.py                  # CPU, all cases, 1 round of 3 steps
-    .venv/bin/python bench/finetune.py --threads 1 --steps 2   # a shared 2-core machine
+    .venv/bin/python bench/finetune.py --threads 1 --steps 1   # a shared 2-core machine
     .venv/bin/python bench/finetune.py --rounds 2 --steps 5
     .venv/bin/python bench/finetune.py --device cuda --seq-len 1024
+    .venv/bin/python bench/finetune.py --cases sft/lora/fp32/-/pack/2
 
 Prints a table and writes bench/results/finetune[-DEVICE].json.
 """
@@ -31,34 +39,36 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-# objective, peft, precision, activation checkpointing ("ckpt") or not ("-"), and optionally
-# "pad"/"pack": --rows examples of mixed lengths (up to --seq-len) right-padded into one
-# micro-batch, or packed into rows of --seq-len tokens (tokens/s counts real tokens only).
-CASES = [
-    ("sft", "none", "fp32", "-"),
-    ("sft", "none", "fp32", "ckpt"),
-    ("sft", "lora", "fp32", "-"),
-    ("sft", "lora", "fp32", "ckpt"),
-    ("sft", "dora", "fp32", "-"),
-    ("sft", "dora", "fp32", "ckpt"),
-    ("sft", "lora", "bf16", "-"),
-    ("dpo", "lora", "fp32", "-"),
-]
+# objective, peft, precision, activation checkpointing ("ckpt") or not ("-"), layout ("-":
+# --rows full-length sequences; "pad"/"pack": --mixed-rows examples of mixed lengths right-padded
+# or packed), processes.
+Case = tuple[str, str, str, str, str, int]
+CASES: list[Case] = [
+    ("sft", peft, "fp32", checkpointing, layout, processes)
+    for processes in (1, 2)
+    for peft in ("none", "lora", "dora")
+    for checkpointing, layout in (("-", "-"), ("ckpt", "-"), ("-", "pad"), ("-", "pack"))
+] + [("sft", "lora", "bf16", "-", "-", 1), ("dpo", "lora", "fp32", "-", "-", 1)]
+KEYS = ("objective", "peft", "precision", "checkpointing", "layout", "processes")
+
+
+def parse_case(text: str) -> Case:
+    """``objective/peft/precision[/ckpt|-[/layout[/processes]]]`` (unsaid: -, -, 1)."""
+    parts = text.split("/")
+    parts += ["-", "-", "1"][max(0, len(parts) - 3) :]
+    if len(parts) != 6 or not parts[5].isdigit() or int(parts[5]) < 1:
+        sys.exit(f"--cases {text!r}: expected objective/peft/precision[/ckpt|-[/layout[/N]]]")
+    objective, peft, precision, checkpointing, layout, processes = parts
+    return objective, peft, precision, checkpointing, layout, int(processes)
 
 
 def _rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_case(
-    objective: str,
-    peft: str,
-    precision: str,
-    checkpointing: str,
-    args: argparse.Namespace,
-    layout: str = "-",
-) -> dict:
-    """In this process: build the model, time ``args.steps`` optimizer steps, measure memory."""
+def run_case(case: Case, args: argparse.Namespace) -> dict | None:
+    """In this process (one rank of a torchrun case): build the model, time ``args.steps``
+    optimizer steps, measure memory; the result on rank 0, None on the others."""
     import torch
 
     from elmforge.finetune import adapters
@@ -67,12 +77,14 @@ def run_case(
     from elmforge.finetune.tokenize import TokenRow
     from elmforge.model.config import OpenELMConfig
     from elmforge.model.modeling import OpenELMForCausalLM
-    from elmforge.train.distributed import DistEnv
+    from elmforge.train import distributed as dist_utils
     from elmforge.train.engine import Engine, enable_activation_checkpointing
     from elmforge.train.optim import WarmupCosineSchedule
 
+    objective, peft, precision, checkpointing, layout, _ = case
     imports_rss = _rss_mib()
-    device = torch.device(args.device)
+    env = dist_utils.init_distributed(args.device)  # torchrun's process group, or one process
+    device = env.device
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -90,7 +102,6 @@ def run_case(
 
         reference = copy.deepcopy(model).eval().requires_grad_(False)
     model.train()
-    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
     common = dict(write_final=None, describe=None)
     if objective == "sft":
         task = SFTTask(model, env, precision, peft != "none", **common)
@@ -108,15 +119,15 @@ def run_case(
 
     vocab, prompt = model.config.vocab_size, args.seq_len // 4
 
-    def row(seed: int) -> TokenRow:
-        generator = torch.Generator().manual_seed(seed)
+    def row(seed: int) -> TokenRow:  # each process its own rows, as in a run
+        generator = torch.Generator().manual_seed(seed + 1_000 * env.rank)
         ids = torch.randint(3, vocab, (args.seq_len + 1,), generator=generator).tolist()
         return TokenRow(ids, [False] * prompt + [True] * (args.seq_len + 1 - prompt))
 
     if layout in ("pad", "pack"):
-        generator = torch.Generator().manual_seed(5)
+        generator = torch.Generator().manual_seed(5 + env.rank)
         mixed = []
-        for i in range(args.rows):
+        for i in range(args.mixed_rows):
             length = int(
                 torch.randint(args.seq_len // 8, args.seq_len + 1, (1,), generator=generator)
             )
@@ -151,16 +162,61 @@ def run_case(
         times.append(time.perf_counter() - started)
     step_s = statistics.median(times)
     trainable = sum(p.numel() for p in adapters.trainable_parameters(model).values())
-    result = {
-        "objective": objective, "peft": peft, "precision": precision,
-        "checkpointing": checkpointing, "layout": layout,
-        "trainable_params": trainable, "step_s": step_s, "tokens_per_s": tokens / step_s,
-        "imports_rss_mib": imports_rss, "setup_rss_mib": rss_before, "peak_rss_mib": _rss_mib(),
-    }  # fmt: skip
-    result["training_mib"] = result["peak_rss_mib"] - imports_rss
+    memory = {"imports_rss_mib": imports_rss, "setup_rss_mib": rss_before,
+              "peak_rss_mib": _rss_mib()}  # fmt: skip
+    memory["training_mib"] = memory["peak_rss_mib"] - imports_rss
     if device.type == "cuda":
-        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        memory["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    # Every process's memory; the table shows the largest (the one that must fit).
+    per_process = dist_utils.all_gather_objects(memory, env)
+    dist_utils.shutdown_distributed()
+    if not env.is_main:
+        return None
+    result = {**dict(zip(KEYS, case)), "trainable_params": trainable, "step_s": step_s,
+              "tokens_per_s": tokens / step_s}  # fmt: skip
+    result.update({key: max(m[key] for m in per_process) for key in memory})
     return result
+
+
+def child_command(case: Case, args: argparse.Namespace) -> list[str]:
+    """One case in its own process, or under ``torchrun`` for several (standalone rendezvous)."""
+    launcher = [sys.executable]
+    if case[5] > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                     str(case[5])]  # fmt: skip
+    return [*launcher, __file__, "--child", "/".join(map(str, case)), "--shape", args.shape,
+            "--seq-len", str(args.seq_len), "--steps", str(args.steps), "--rows", str(args.rows),
+            "--mixed-rows", str(args.mixed_rows), "--device", args.device,
+            "--threads", str(args.threads)]  # fmt: skip
+
+
+def twin(rows: list[dict], row: dict, **changes: object) -> dict | None:
+    """The row of the case that differs from ``row``'s only by ``changes``."""
+    wanted = {**{key: row[key] for key in KEYS}, **changes}
+    return next((r for r in rows if all(r[key] == wanted[key] for key in KEYS)), None)
+
+
+def add_ratios(rows: list[dict]) -> None:
+    """Each row against the case it differs from in one setting."""
+    comparisons = {  # column prefix: (what changes, which rows, the figures compared)
+        "vs_full": ({"peft": "none"}, lambda r: r["peft"] != "none",
+                    ("peak_rss_mib", "training_mib", "tokens_per_s")),
+        "vs_no_ckpt": ({"checkpointing": "-"}, lambda r: r["checkpointing"] == "ckpt",
+                       ("training_mib", "tokens_per_s")),
+        "vs_padded": ({"layout": "pad"}, lambda r: r["layout"] == "pack", ("tokens_per_s",)),
+        "vs_1proc": ({"processes": 1}, lambda r: r["processes"] > 1,
+                     ("training_mib", "tokens_per_s")),
+        "vs_sft": ({"objective": "sft"}, lambda r: r["objective"] == "dpo", ("step_s",)),
+    }  # fmt: skip
+    names = {"peak_rss_mib": "peak", "training_mib": "training", "tokens_per_s": "speed",
+             "step_s": "step"}  # fmt: skip
+    for row in rows:
+        for suffix, (changes, applies, figures) in comparisons.items():
+            other = twin(rows, row, **changes) if applies(row) else None
+            if other is None:
+                continue
+            for figure in figures:
+                row[f"{names[figure]}_{suffix}"] = row[figure] / other[figure]
 
 
 def main() -> None:
@@ -168,78 +224,54 @@ def main() -> None:
     parser.add_argument("--shape", default="OpenELM-270M")
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per case (3)")
-    parser.add_argument("--rows", type=int, default=1, help="sequences (DPO: pairs) per step (1)")
+    parser.add_argument(
+        "--rows", type=int, default=1, help="sequences (DPO: pairs) per step and process (1)"
+    )
+    parser.add_argument("--mixed-rows", type=int, default=4,
+                        help="examples per step and process of the pad/pack cases (4)")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="rounds of all cases (1)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads per process (0: torch's default)")  # fmt: skip
     parser.add_argument(
-        "--cases", help="comma-separated objective/peft/precision/ckpt|-, e.g. sft/lora/fp32/ckpt"
+        "--cases",
+        help="comma-separated objective/peft/precision/ckpt|-[/layout[/processes]], e.g. "
+        "sft/lora/fp32/ckpt or sft/dora/fp32/-/pack/2",
     )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--out", help="JSON path (default bench/results/finetune[-DEVICE].json)")
     args = parser.parse_args()
     if args.child:
-        objective, peft, precision, checkpointing, *layout = args.child.split("/")
-        print(json.dumps(run_case(objective, peft, precision, checkpointing, args, *layout)))
+        result = run_case(parse_case(args.child), args)
+        if result is not None:
+            print(json.dumps(result))
         return
-    cases = [tuple(c.split("/")) for c in args.cases.split(",")] if args.cases else CASES
-    runs: dict[tuple, list[dict]] = {case: [] for case in cases}
+    cases = [parse_case(c) for c in args.cases.split(",")] if args.cases else CASES
+    runs: dict[Case, list[dict]] = {case: [] for case in cases}
     for round_index in range(args.rounds):
         for case in cases:
-            command = [sys.executable, __file__, "--child", "/".join(case), "--shape", args.shape,
-                       "--seq-len", str(args.seq_len), "--steps", str(args.steps),
-                       "--rows", str(args.rows),
-                       "--device", args.device, "--threads", str(args.threads)]  # fmt: skip
-            output = subprocess.run(command, capture_output=True, text=True, check=True)
+            output = subprocess.run(child_command(case, args), capture_output=True, text=True)
+            if output.returncode != 0:
+                sys.exit(f"case {'/'.join(map(str, case))} failed:\n{output.stderr[-3000:]}")
             runs[case].append(json.loads(output.stdout.strip().splitlines()[-1]))
-            print(f"round {round_index + 1}: {'/'.join(case)} done", file=sys.stderr)
+            print(f"round {round_index + 1}: {'/'.join(map(str, case))} done", file=sys.stderr)
     rows = []
     for results in runs.values():
         row = dict(results[0])
         for key in ("step_s", "tokens_per_s", "peak_rss_mib", "setup_rss_mib", "training_mib"):
             row[key] = statistics.median(r[key] for r in results)
         rows.append(row)
-    full = {
-        r["precision"]: r
-        for r in rows
-        if r["peft"] == "none" and r["objective"] == "sft" and r["checkpointing"] == "-"
-    }
-    sft_lora = {
-        r["precision"]: r
-        for r in rows
-        if r["peft"] == "lora" and r["objective"] == "sft" and r["checkpointing"] == "-"
-    }
-    plain = {(r["objective"], r["peft"], r["precision"]): r for r in rows
-             if r["checkpointing"] == "-" and r["layout"] == "-"}  # fmt: skip
-    padded = {(r["peft"], r["checkpointing"]): r for r in rows if r["layout"] == "pad"}
-    for row in rows:
-        if row["layout"] == "pack" and (row["peft"], row["checkpointing"]) in padded:
-            twin = padded[(row["peft"], row["checkpointing"])]
-            row["speed_vs_padded"] = row["tokens_per_s"] / twin["tokens_per_s"]
-        if row["layout"] != "-":
-            continue
-        twin = plain.get((row["objective"], row["peft"], row["precision"]))
-        if row["checkpointing"] == "ckpt" and twin:
-            row["training_vs_no_ckpt"] = row["training_mib"] / twin["training_mib"]
-            row["speed_vs_no_ckpt"] = row["tokens_per_s"] / twin["tokens_per_s"]
-        baseline = full.get(row["precision"])
-        if baseline:
-            row["peak_vs_full"] = row["peak_rss_mib"] / baseline["peak_rss_mib"]
-            row["training_vs_full"] = row["training_mib"] / baseline["training_mib"]
-            row["speed_vs_full"] = row["tokens_per_s"] / baseline["tokens_per_s"]
-        if row["objective"] == "dpo" and row["precision"] in sft_lora:
-            row["step_vs_sft"] = row["step_s"] / sft_lora[row["precision"]]["step_s"]
+    add_ratios(rows)
     from bench.common import print_table, write_json
 
-    print_table(rows, ["objective", "peft", "precision", "checkpointing", "layout",
-                       "trainable_params",
-                       "tokens_per_s", "step_s", "peak_rss_mib", "training_mib", "peak_vs_full",
-                       "training_vs_full", "speed_vs_full", "training_vs_no_ckpt",
-                       "speed_vs_no_ckpt", "speed_vs_padded", "step_vs_sft"])  # fmt: skip
+    print_table(rows, [*KEYS, "trainable_params", "tokens_per_s", "step_s", "peak_rss_mib",
+                       "training_mib", "peak_vs_full", "training_vs_full", "speed_vs_full",
+                       "training_vs_no_ckpt", "speed_vs_no_ckpt", "speed_vs_padded",
+                       "training_vs_1proc", "speed_vs_1proc", "step_vs_sft"])  # fmt: skip
     name = "finetune" if args.device == "cpu" else f"finetune-{args.device}"
     settings = {"shape": args.shape, "seq_len": args.seq_len, "steps": args.steps,
-                "rounds": args.rounds, "rows": args.rows, "device": args.device,
-                "threads": args.threads}  # fmt: skip
+                "rounds": args.rounds, "rows": args.rows, "mixed_rows": args.mixed_rows,
+                "device": args.device, "threads": args.threads}  # fmt: skip
     print(f"wrote {write_json(name, {'settings': settings, 'results': rows}, args.out)}")
 
 

@@ -298,11 +298,14 @@ class Scores(NamedTuple):
 
 
 def score_tasks(model: Any, tokenizer: Any, request: EvalRequest) -> Scores:
-    """Every task of ``request``, one ``simple_evaluate`` call per few-shot count."""
+    """Every task of ``request``, one ``simple_evaluate`` call per few-shot count (empty on a
+    torchrun process whose ``LOCAL_RANK`` is not 0: lm-eval returns nothing there)."""
     lm = build_lm(model, tokenizer, request.batch_size, max_length=request.context_length)
     scores = Scores({}, {}, {})
     for shots, names in request.runs.items():
         raw, plans = run_lm_eval(lm, names, shots, request)
+        if raw is None:  # under torchrun lm-eval returns results on LOCAL_RANK 0 only (the
+            continue  # caller shares them; every process has run the same forward passes)
         scores.results.update(collect_results(raw, plans))
         scores.task_versions.update(raw.get("versions") or {})
         scores.samples.update(raw.get("samples") or {})

@@ -151,19 +151,41 @@ class FinetuneLog(LogBase):
 EVAL_METRICS = {"val_loss": "min", "val_ppl": "min", "val_accuracy": "max", "val_margin": "max"}
 
 
+def task_of_metric(name: str, section: EvalSection) -> tuple[str, str] | None:
+    """(task, metric) of an ``eval.tasks`` metric name ``val_<task>_<metric>``, the longest task
+    of ``section.tasks`` that fits (task names hold underscores too), or None."""
+    fits = [t for t in section.tasks if name.startswith(f"val_{t}_") and len(name) > len(t) + 5]
+    if not fits:
+        return None
+    task = max(fits, key=len)
+    return task, name[len(task) + 5 :]
+
+
 @dataclass
 class EvalSection:
     every: int = 0
     """Score the held-aside rows every N steps and at the end (0: never): validation loss (SFT);
-    loss, preference accuracy and reward margin (DPO), written to metrics.jsonl as ``val_*``."""
+    loss, preference accuracy and reward margin (DPO), written to metrics.jsonl as ``val_*``;
+    with ``eval.tasks``, lm-eval tasks too."""
     data: str | None = None
     """Held-aside rows (a file, directory or ``hf:`` name like ``--data``); unset: the
     ``holdout`` share of the training rows, drawn with the seed and never trained on."""
     holdout: float = 0.05
     """Share of the training rows held aside when ``eval.data`` is unset (at least one row)."""
-    keep_best: Literal["val_loss", "val_ppl", "val_accuracy", "val_margin"] | None = None
-    """Keep the checkpoint with the best value of this metric as ``checkpoints/best`` (lower is
-    better for val_loss/val_ppl, higher for val_accuracy/val_margin); needs ``eval.every``."""
+    tasks: list[str] = field(default_factory=list)
+    """lm-eval tasks or groups (comma-separated) also scored at every evaluation through the
+    evaluation harness, on the model in memory; written as ``val_<task>_<metric>`` (e.g.
+    ``val_arc_easy_acc_norm``). Needs ``eval.every``."""
+    limit: int | None = 50
+    """Documents scored per ``eval.tasks`` task at each evaluation (null: all of them)."""
+    data_dir: str | None = None
+    """Offline data of ``eval.tasks``: ``DIR/<dataset>/<split>.jsonl`` as for ``elmforge
+    evaluate --data-dir`` (unset: the Hugging Face hub or its local cache)."""
+    keep_best: str | None = None
+    """Keep the checkpoint with the best value of this metric as ``checkpoints/best``:
+    val_loss or val_ppl (lower is better), val_accuracy or val_margin (higher), or an
+    ``eval.tasks`` metric such as val_arc_easy_acc (lm-eval says which way is better); needs
+    ``eval.every``."""
 
 
 @dataclass
@@ -231,8 +253,17 @@ class FinetuneConfig:
             raise ConfigError(f"eval.holdout: must be in (0, 1), got {self.eval.holdout!r}")
         if self.eval.every < 0:
             raise ConfigError(f"eval.every: must be >= 0, got {self.eval.every!r}")
-        if self.eval.keep_best is not None and not self.eval.every:
-            raise ConfigError("eval.keep_best: needs eval.every (the metric is never computed)")
+        for key in ("keep_best", "tasks"):
+            if getattr(self.eval, key) and not self.eval.every:
+                raise ConfigError(f"eval.{key}: needs eval.every (nothing is ever scored)")
+        if self.eval.limit is not None and self.eval.limit < 1:
+            raise ConfigError(f"eval.limit: must be positive, got {self.eval.limit!r}")
+        keep = self.eval.keep_best
+        if keep is not None and keep not in EVAL_METRICS and not task_of_metric(keep, self.eval):
+            raise ConfigError(
+                f"eval.keep_best: {keep!r} is none of {', '.join(EVAL_METRICS)} nor "
+                "val_<task>_<metric> of a task in eval.tasks"
+            )
 
     # -- derived values ------------------------------------------------------------------------
     def steps_for(self, rows: int, processes: int = 1) -> tuple[int, int]:

@@ -163,7 +163,7 @@ class FinetuneTask:
     def __init__(
         self, model: Any, env: dist_utils.DistEnv, precision: str, peft: bool,
         write_final: Any, describe: Any, held_out: list | None = None, batch_size: int = 8,
-        pad_id: int = 0,
+        pad_id: int = 0, scorer: Any = None,
     ) -> None:  # fmt: skip
         self.env, self.precision, self.peft = env, precision, peft
         self.names = adapter_names(model) if peft else {}
@@ -172,6 +172,8 @@ class FinetuneTask:
         # Every process scores every held-aside row: the same forward passes on every rank (FSDP2
         # gathers in each), no reduction, and the figures do not depend on the process count.
         self.held_out, self.batch_size, self.pad_id = held_out or [], batch_size, pad_id
+        # eval.tasks (elmforge.finetune.lm_tasks.TaskScorer): model -> val_<task>_<metric>.
+        self.scorer = scorer
 
     def describe(self, env: dist_utils.DistEnv, grad_accum: int, max_steps: int) -> str:
         return self._describe(env, grad_accum, max_steps)
@@ -189,7 +191,8 @@ class FinetuneTask:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """The held-out metrics (``val_*``) over every held-aside row, or None without them."""
+        """The held-out metrics (``val_*``) over every held-aside row and, with a scorer, the
+        ``eval.tasks`` metrics; None without held-aside rows."""
         if not self.held_out:
             return None
         self.model.eval()
@@ -200,8 +203,11 @@ class FinetuneTask:
             units += self.units(batch)
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
+        metrics = self.held_out_metrics(sums, units)
+        if self.scorer is not None:
+            metrics.update(self.scorer(self.model))
         self.model.train()
-        return self.held_out_metrics(sums, units)
+        return metrics
 
     def held_out_metrics(self, sums: dict[str, float], units: int) -> dict[str, float]:
         raise NotImplementedError

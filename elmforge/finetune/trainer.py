@@ -34,7 +34,8 @@ import yaml
 from elmforge.errors import ConfigError, ElmforgeError
 from elmforge.files import atomic_directory
 from elmforge.finetune import adapters
-from elmforge.finetune.config import EVAL_METRICS, OBJECTIVES, FinetuneConfig
+from elmforge.finetune.config import OBJECTIVES, FinetuneConfig
+from elmforge.finetune.lm_tasks import TaskScorer, keep_best_rule, task_request
 from elmforge.finetune.tasks import DPOTask, ExampleLoader, SFTTask
 from elmforge.finetune.tokenize import pad_id_of
 from elmforge.layout import RunDir, is_run_dir
@@ -165,20 +166,26 @@ def finetune(
         raise ConfigError("data.packing: SFT only (a DPO pair's two sequences are scored apart)")
     out_dir = Path(out_dir)
     check_trackers(config.log.report_to)
+    # eval.tasks and an eval.keep_best task metric are checked against lm-eval's index before
+    # anything is written or loaded.
+    scoring = task_request(config.eval, config.train.micro_batch_size)
+    keep_best = keep_best_rule(config.eval)
     forced = check_output(job, config, out_dir, force_resume)
     rows, what = read_data(job, config)
 
     def build(env: dist_utils.DistEnv) -> Engine:
         prepare_run_dir(out_dir, env)
-        return _build(job, config, out_dir, env, rows, what, forced)
+        return _build(job, config, out_dir, env, (rows, what), forced, (scoring, keep_best))
 
     return run_in_process_group(out_dir, config.train.device, config.train.num_threads, build, VERB)
 
 
 def _build(
     job: FinetuneJob, config: FinetuneConfig, out_dir: Path, env: dist_utils.DistEnv,
-    rows: list, what: str, forced: bool,
+    data: tuple[list, str], forced: bool, evaluation: tuple[Any, tuple[str, str] | None],
 ) -> Engine:  # fmt: skip
+    rows, what = data
+    scoring, keep_best = evaluation
     precision = training_precision(config.train.precision, env.device)
     seed_everything(config.seed)
     model, tokenizer, model_dir = load_base(job, str(env.device))
@@ -221,8 +228,10 @@ def _build(
     def write_final(task: Any) -> Path:
         return write_outputs(task, job, config, RunDir(out_dir), tokenizer)
 
+    scorer = TaskScorer(scoring, tokenizer, precision, env) if scoring else None
     common = dict(write_final=write_final, describe=describe, held_out=held_out,
-                  batch_size=config.train.micro_batch_size, pad_id=pad_id_of(tokenizer))  # fmt: skip
+                  batch_size=config.train.micro_batch_size, pad_id=pad_id_of(tokenizer),
+                  scorer=scorer)  # fmt: skip
     peft = config.peft != "none"
     if job.objective == "sft":
         task: Any = SFTTask(model, env, precision, peft, z_loss=config.optim.z_loss, **common)
@@ -237,10 +246,8 @@ def _build(
                            pad_id_of(tokenizer),
                            lengths[0] if config.data.packing else None)  # fmt: skip
     text = yaml.safe_dump(run_record(job, config), sort_keys=False)
-    keep = config.eval.keep_best
     return Engine(config, out_dir, env, task, loader, schedule, config.train.grad_accum, text,
-                  fresh_data=forced, eval_every=config.eval.every,
-                  keep_best=(keep, EVAL_METRICS[keep]) if keep else None)  # fmt: skip
+                  fresh_data=forced, eval_every=config.eval.every, keep_best=keep_best)  # fmt: skip
 
 
 def hold_aside(

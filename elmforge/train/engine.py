@@ -436,7 +436,11 @@ class Engine:
                 )
             every = self.eval_every
             eval_due = step == max_steps or (every > 0 and step % every == 0)
+            # Evaluating (held-out rows, lm-eval tasks) is no training: its time stays out of
+            # tokens_per_s and eta_s.
+            eval_started = time.monotonic()
             evaluation = task.evaluate() if eval_due else None
+            interval_start += time.monotonic() - eval_started
             if evaluation is not None and self._improves(evaluation, counters):
                 self._save(step, counters, name="best")
                 logger.info(f"step {step}: best {self.keep_best[0]} so far, in checkpoints/best")

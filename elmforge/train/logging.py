@@ -179,17 +179,20 @@ def format_plain(record: dict[str, Any]) -> str:
     return " | ".join(parts)
 
 
+def _series(records: list[dict[str, Any]], key: str) -> list[tuple[int, float]]:
+    return [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+
+
 def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
-    """Training loss (and validation loss) against step, written atomically as PNG."""
+    """Training loss (and validation loss) against step, written atomically as PNG; the other
+    held-out figures (``val_*`` but the loss and perplexity: DPO's accuracy and margin,
+    fine-tuning's lm-eval task scores) on a second axis at the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    train = [(r["step"], r["loss"]) for r in records if isinstance(r.get("loss"), (int, float))]
-    val = [
-        (r["step"], r["val_loss"]) for r in records if isinstance(r.get("val_loss"), (int, float))
-    ]
+    train, val = _series(records, "loss"), _series(records, "val_loss")
     if not train and not val:
         return
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
@@ -200,7 +203,19 @@ def plot_losses(records: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    handles, labels = ax.get_legend_handles_labels()
+    names = {k for r in records for k in r if k.startswith("val_")} - {"val_loss", "val_ppl"}
+    scores = {key: _series(records, key) for key in sorted(names)}
+    scores = {key: points for key, points in scores.items() if points}
+    if scores:
+        right = ax.twinx()
+        for i, (key, points) in enumerate(scores.items()):  # colours after the two losses'
+            right.plot(*zip(*points), "s--", color=f"C{i + 2}", label=key, linewidth=1.0,
+                       markersize=3)  # fmt: skip
+        right.set_ylabel("held-out scores")
+        more_handles, more_labels = right.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, fontsize="small")
     ax.set_title(Path(path).parent.name)
     fig.tight_layout()
     try:

@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("data", ("data",)),
     ("model-directory I/O", ("modeldir",)),
     ("engines", ("train", "infer")),
-    ("stages", ("evaluate", "finetune", "export", "serve")),
+    ("scoring", ("evaluate",)),
+    ("stages", ("finetune", "export", "serve")),
     ("apps", ("study", "bench", "demo")),
     ("cli", ("cli",)),
 ]  # fmt: skip

@@ -92,6 +92,9 @@ CASES = {
                                    ["--lora.targets", "'q_proj'"]),
     "bad config value": (["finetune", "sft", "{model}", "--data", "{good}", "--lora.r", "0"],
                          ["lora.r", "must be positive"]),
+    "unknown lm-eval task": (["finetune", "sft", "{model}", "--data", "{good}", "--eval.every",
+                              "2", "--eval.tasks", "arc_easy,arc_esy"],
+                             ["eval.tasks", "unknown lm-eval task 'arc_esy'"]),
     # The resume rules of pretraining: another dataset is refused naming the key (a changed
     # optim.lr beside it would be applied).
     "run with other data": (["finetune", "sft", "{model}", "--data", "{good}", "--out", "{run}"],

@@ -93,6 +93,28 @@ def test_two_processes_follow_one_process_with_the_same_global_batch(
     _assert_close_files(two / weights, one / weights)
 
 
+@pytest.mark.slow
+def test_two_processes_score_eval_tasks_as_one_does(tmp_path: Path, base_model_dir: Path) -> None:
+    """``eval.tasks`` under torchrun: every rank runs the harness's forward passes (FSDP2 gathers
+    in each; a rank left out would hang the other), rank 0 writes, and the task scores equal
+    one process's."""
+    from tests.evaluate.eval_helpers import write_task_dir
+
+    tasks = write_task_dir(tmp_path / "tasks", n=4)
+    data = write_json(tmp_path / "data.json", instruction_rows())
+    steps = ["--schedule.max_steps", "4", "--peft", "lora", "--lora.r", "4", "--lora.dropout", "0",
+             "--eval.every", "2", "--eval.holdout", "0.25", "--eval.tasks", "arc_easy,boolq",
+             "--eval.data_dir", str(tasks), "--eval.limit", "3", "--train.micro_batch_size",
+             "2"]  # fmt: skip
+    two, one = tmp_path / "two", tmp_path / "one"
+    # The same global batch, and the same micro-batch (lm-eval's batch size) in both runs.
+    _run(_command(2, "sft", base_model_dir, data, two, *steps))
+    _run(_command(1, "sft", base_model_dir, data, one, *steps, "--train.grad_accum", "2"))
+    curve = _curve(two)
+    assert [r["step"] for r in curve if "val_boolq_acc" in r] == [0, 2, 4]
+    _assert_same_curve(curve, _curve(one))
+
+
 def _kill_midway(command: list[str], out: Path, lines: int) -> None:
     """Start ``command``, SIGKILL it (the launcher and its workers at once) once ``lines``
     metrics lines are written."""
