@@ -130,8 +130,10 @@ class Scheduler:
         prefix_cache_mb: float = DEFAULT_PREFIX_CACHE_MB,
         grammars: Any = None,
         adapters: Any = None,
+        threads: int | None = None,
     ) -> None:
         self.model = model
+        self.threads = threads  # intra-op threads of the model's thread (None: torch's setting)
         self.metrics = metrics  # a serve.metrics.ServeMetrics, or None
         self.grammars = grammars  # a serve.grammar.GrammarCompiler (response_format), or None
         self.tokenizer = tokenizer
@@ -163,9 +165,34 @@ class Scheduler:
         return self.draft_model is not None or bool(self.prompt_lookup)
 
     # -- other threads ---------------------------------------------------------------------
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="elmforge-scheduler", daemon=True)
+    def start(self, warm_up: bool = False) -> None:
+        """Start the model's thread (once; later calls do nothing). Every step runs on it, with
+        ``threads`` intra-op threads. With ``warm_up``, it first builds the kernels and runs
+        each step once, and this returns when that is done (raising what it raised)."""
+        if self._thread is not None:
+            return
+        ready = threading.Event()
+        failed: list[BaseException] = []
+
+        def run() -> None:
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            if warm_up:
+                try:
+                    self.warm_up()
+                except BaseException as err:  # handed to the caller, which reports it
+                    failed.append(err)
+                    ready.set()
+                    return
+            ready.set()
+            self._loop()
+
+        self._thread = threading.Thread(target=run, name="elmforge-scheduler", daemon=True)
         self._thread.start()
+        ready.wait()
+        if failed:
+            self._thread = None
+            raise failed[0]
 
     def stop(self) -> None:
         with self._wake:
