@@ -18,7 +18,6 @@ the load the server must have no request left running or waiting. Writes
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import random
@@ -62,7 +61,6 @@ def resident_mib(pid: int) -> float:
     return float("nan")
 
 
-@contextlib.contextmanager
 class Load:
     """The clients' shared record: (finish time, latency s, kind) per request, and errors."""
 
