@@ -112,12 +112,13 @@ class QuantizedLinear(nn.Module):
                 return cpu_kernels.linear_int8(x, self.qweight, self.scale)
             return cpu_kernels.linear_int4(x, self.qweight, self.scale, self.group_size)
         if (
-            self.bits == 8
-            and x.device.type == "cpu"
+            x.device.type == "cpu"
             and not torch.compiler.is_compiling()
             and cpu_kernels.kernels_ready()
         ):
-            return prefill.int8_prompt_linear(x, self.qweight, self.scale)  # a prompt
+            if self.bits == 8:  # a prompt
+                return prefill.int8_prompt_linear(x, self.qweight, self.scale)
+            return prefill.int4_prompt_linear(x, self.qweight, self.scale, self.group_size)
         return F.linear(x, self.dequantize().to(x.dtype))
 
     def weight_bytes(self) -> int:

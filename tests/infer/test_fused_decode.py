@@ -92,3 +92,15 @@ def test_prompt_products_agree_with_the_plain_ones():
     assert (got - want).abs().max() <= tolerance * want.abs().max()
     assert prefill.float32_backend() in ("onednn", "mkl")
     torch.testing.assert_close(prefill.prompt_linear(x, weight), x @ weight.T)
+    # int4 (groups of 32 and of 64 columns): the kernel's weight is the torch expression's, bit
+    # for bit, and the product agrees like int8's.
+    for group in (32, 64):
+        packed, scale4 = quant.quantize_int4(weight, group)
+        plain4 = quant.dequantize_int4(packed, scale4, group)
+        rows4 = torch.ops.elmforge.dequantize_int4_rows
+        assert torch.equal(rows4(packed, scale4, group, torch.float32), plain4)
+        assert torch.equal(rows4(packed, scale4, group, torch.bfloat16), plain4.bfloat16())
+        want4 = torch.nn.functional.linear(x, plain4)
+        got4 = prefill.int4_prompt_linear(x, packed, scale4, group)
+        assert got4.dtype == x.dtype and got4.shape == want4.shape
+        assert (got4 - want4).abs().max() <= tolerance * want4.abs().max()

@@ -128,9 +128,53 @@ at::Tensor dequantize_int8_rows(const at::Tensor& qweight, const at::Tensor& sca
   return out;
 }
 
+// An int4 weight (elmforge/model/quant.py's layout: per 32 columns, 16 bytes whose low nibbles are
+// columns 0-15 and high nibbles columns 16-31; a nibble q stands for (q - 8) * scale[n, column /
+// group_size]) as float32 or bfloat16, in one threaded pass, for prompt products as above: the
+// torch expression (quant.dequantize_int4) makes a float32 copy through five passes. Each value is
+// (q - 8) * scale in float32, rounded once to the output dtype (bit for bit the torch result).
+at::Tensor dequantize_int4_rows(const at::Tensor& qweight, const at::Tensor& scale,
+                                int64_t group_size, at::ScalarType dtype) {
+  TORCH_CHECK(qweight.dim() == 2 && qweight.scalar_type() == at::kByte && qweight.is_contiguous(),
+              "qweight must be contiguous uint8 (out_features, in_features / 2)");
+  const int64_t N = qweight.size(0), K = 2 * qweight.size(1);
+  TORCH_CHECK(group_size > 0 && group_size % 32 == 0 && K % group_size == 0,
+              "group_size must be a multiple of 32 dividing in_features");
+  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.dim() == 2 &&
+                  scale.size(0) == N && scale.size(1) == K / group_size,
+              "scale must be float32 (out_features, in_features / group_size)");
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kBFloat16, "dtype must be float32 or bfloat16");
+  at::Tensor out = at::empty({N, K}, qweight.options().dtype(dtype));
+  const uint8_t* q = qweight.data_ptr<uint8_t>();
+  const float* s = scale.data_ptr<float>();
+  const int64_t groups = K / group_size;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, out.scalar_type(), "dequantize_int4_rows", [&] {
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const uint8_t* row = q + n * (K / 2);
+        scalar_t* target = o + n * K;
+        for (int64_t block = 0; block < K / 32; ++block) {
+          const float block_scale = s[n * groups + block * 32 / group_size];
+          const uint8_t* bytes = row + block * 16;
+          scalar_t* values = target + block * 32;
+          for (int j = 0; j < 16; ++j) {
+            values[j] = static_cast<scalar_t>(static_cast<float>((bytes[j] & 0x0F) - 8) * block_scale);
+            values[j + 16] = static_cast<scalar_t>(static_cast<float>((bytes[j] >> 4) - 8) * block_scale);
+          }
+        }
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(elmforge, m) {
+  m.def(
+      "dequantize_int4_rows(Tensor qweight, Tensor scale, int group_size, ScalarType dtype) "
+      "-> Tensor");
   m.def(
       "dequantize_int8_rows(Tensor qweight, Tensor scale, int start, int stop, ScalarType dtype) "
       "-> Tensor");
@@ -142,4 +186,5 @@ TORCH_LIBRARY_FRAGMENT(elmforge, m) {
 TORCH_LIBRARY_IMPL(elmforge, CPU, m) {
   m.impl("qkv_rope", &qkv_rope);
   m.impl("dequantize_int8_rows", &dequantize_int8_rows);
+  m.impl("dequantize_int4_rows", &dequantize_int4_rows);
 }
