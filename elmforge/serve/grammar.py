@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from elmforge.serve.protocol import APIError, bad
+from elmforge.serve.protocol import GUIDED_FIELDS, STRUCTURED_KINDS, APIError, bad
 
 # OpenAI's structured output is compact JSON; llguidance would otherwise allow any whitespace
 # between tokens, which a weak model can fill until max_tokens.
@@ -150,8 +150,6 @@ def response_schema(body: dict) -> Any:
 
 # (kind: json/regex/choice/grammar, its specification, the request field that gave it)
 Constraint = tuple[str, Any, str]
-GUIDED_FIELDS = ("guided_json", "guided_regex", "guided_choice", "guided_grammar")
-STRUCTURED_KEYS = ("json", "regex", "choice", "grammar")
 
 
 def _checked_spec(kind: str, spec: Any, field: str) -> Constraint:
@@ -183,10 +181,10 @@ def request_constraint(body: dict) -> Constraint | None:
             found.append(_checked_spec(name.removeprefix("guided_"), body[name], name))
     outputs = body.get("structured_outputs")
     if outputs is not None:
-        keys = [k for k in STRUCTURED_KEYS if isinstance(outputs, dict) and k in outputs]
+        keys = [k for k in STRUCTURED_KINDS if isinstance(outputs, dict) and k in outputs]
         if not isinstance(outputs, dict) or len(keys) != 1 or set(outputs) - set(keys):
             raise bad("structured_outputs", "structured_outputs: expected an object with one of "
-                      f"{', '.join(STRUCTURED_KEYS)}")  # fmt: skip
+                      f"{', '.join(STRUCTURED_KINDS)}")  # fmt: skip
         key = keys[0]
         found.append(_checked_spec(key, outputs[key], f"structured_outputs.{key}"))
     if len(found) > 1:

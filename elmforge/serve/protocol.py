@@ -62,10 +62,11 @@ COMMON_FIELDS = {
     "stream_options", "presence_penalty", "frequency_penalty", "logit_bias", "user",
     "top_k", "min_p", "repetition_penalty", "min_tokens", "ignore_eos", "logprobs",
 }  # fmt: skip
-# Structured output (serve/grammar.py): OpenAI's response_format, vLLM's guided_* and
-# structured_outputs.
-STRUCTURED_FIELDS = {"response_format", "guided_json", "guided_regex", "guided_choice",
-                     "guided_grammar", "structured_outputs"}  # fmt: skip
+# Structured output (serve/grammar.py): OpenAI's response_format, and vLLM's constraints, each
+# both a field guided_<kind> and a key <kind> of one structured_outputs object.
+STRUCTURED_KINDS = ("json", "regex", "choice", "grammar")
+GUIDED_FIELDS = tuple(f"guided_{kind}" for kind in STRUCTURED_KINDS)
+STRUCTURED_FIELDS = {"response_format", "structured_outputs", *GUIDED_FIELDS}
 COMPLETION_FIELDS = COMMON_FIELDS | STRUCTURED_FIELDS | {"prompt", "echo", "best_of", "suffix"}
 CHAT_FIELDS = COMMON_FIELDS | STRUCTURED_FIELDS | {
     "messages", "max_completion_tokens", "top_logprobs", "store", "metadata", "service_tier",
