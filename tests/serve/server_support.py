@@ -84,3 +84,12 @@ def running_server(
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def wait_until_idle(server: Server, timeout: float = 30) -> dict:
+    """``/health`` once the server has nothing running or waiting (failing after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while (health := server.health())["running"] or health["waiting"]:
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
+    return health

@@ -4,8 +4,6 @@ to `elmforge generate`, stop strings, echo log-probabilities equal to the model'
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import openai
 import pytest
@@ -13,6 +11,7 @@ import torch
 
 from elmforge.data.chat import render_chat
 from tests.cli_support import run_elmforge
+from tests.serve.server_support import wait_until_idle
 
 PROMPT = "Question: which animal is small? Answer:"
 MESSAGES = [
@@ -199,25 +198,17 @@ def test_chat_logprobs_and_several_prompts(client, model_dir):
         assert choice.text == alone.choices[0].text
 
 
-def wait_until_idle(server, timeout: float = 20) -> dict:
-    deadline = time.monotonic() + timeout
-    while (health := server.health())["running"] or health["waiting"]:
-        assert time.monotonic() < deadline, health
-        time.sleep(0.05)
-    return health
-
-
 def test_work_stops_when_the_client_disconnects(server, model_dir):
     body = {"model": str(model_dir), "prompt": PROMPT, "max_tokens": 1000, "ignore_eos": True}
-    before = wait_until_idle(server)["generated_tokens"]
+    before = wait_until_idle(server, timeout=20)["generated_tokens"]
     with httpx.stream("POST", f"{server.api}/completions", json={**body, "stream": True},
                       timeout=60) as response:  # fmt: skip
         lines = response.iter_lines()
         assert next(lines).startswith("data: ")  # it is generating
-    after_stream = wait_until_idle(server)["generated_tokens"]
+    after_stream = wait_until_idle(server, timeout=20)["generated_tokens"]
     assert after_stream - before < 1000
 
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.api}/completions", json=body, timeout=0.5)
-    after_plain = wait_until_idle(server)["generated_tokens"]
+    after_plain = wait_until_idle(server, timeout=20)["generated_tokens"]
     assert after_plain - after_stream < 1000

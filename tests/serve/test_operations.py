@@ -13,7 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.serve.server_support import running_server
+from tests.serve.server_support import running_server, wait_until_idle
 
 PROMPT = "Question: which animal is small? Answer:"
 
@@ -37,14 +37,6 @@ def value(samples: dict, name: str, **labels: str) -> float:
 def first_data(lines) -> str:
     """The first server-sent event's line (sse-starlette sends ': ping' comments while idle)."""
     return next(line for line in lines if line and not line.startswith(":"))
-
-
-def wait_until_idle(server, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while (health := server.health())["running"] or health["waiting"]:
-        assert time.monotonic() < deadline, health
-        time.sleep(0.05)
-    return health
 
 
 def test_metrics_count_the_requests_sent(server, model_dir):

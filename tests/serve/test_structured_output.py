@@ -13,7 +13,8 @@ import httpx
 import jsonschema
 import pytest
 
-from tests.serve.test_operations import first_data, wait_until_idle
+from tests.serve.server_support import wait_until_idle
+from tests.serve.test_operations import first_data
 
 PROMPT = "Question: which animal is small? Answer:"
 SCHEMA = {
