@@ -208,7 +208,9 @@ def test_work_stops_when_the_client_disconnects(server, model_dir):
     after_stream = wait_until_idle(server, timeout=20)["generated_tokens"]
     assert after_stream - before < 1000
 
+    # The client gives up long before the 1,000 tokens are done (0.74-0.89 s on 2 quiet cores
+    # since the model's work has the scheduler's thread to itself; 0.5 s left too little margin).
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{server.api}/completions", json=body, timeout=0.5)
+        httpx.post(f"{server.api}/completions", json=body, timeout=0.1)
     after_plain = wait_until_idle(server, timeout=20)["generated_tokens"]
     assert after_plain - after_stream < 1000
